@@ -1,0 +1,384 @@
+"""dataset.yaml and cluster.yaml as dataclasses, loaded strictly.
+
+Every section is a frozen dataclass; `build(cls, raw, where)` turns parsed YAML into it and
+checks each key against the fields (an unknown key names itself and lists the valid ones) and
+each value against the field's type and `check` (a bad value names the field and the value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import ConfigError
+
+RGB = tuple[int, int, int]
+
+
+def check(predicate, message: str):
+    """Field metadata: a value must satisfy `predicate`; `message` says what was expected."""
+    return {"check": (predicate, message)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter grids
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Sorted, distinct values of one parameter. YAML: a number, a list, or {start, stop, step}
+    (stop inclusive when it lies on the step)."""
+
+    values: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> "Grid":
+        if isinstance(raw, bool):
+            raise ConfigError(f"{where}: expected a number, a list or {{start, stop, step}}, got {raw!r}")
+        if isinstance(raw, (int, float)):
+            values = [float(raw)]
+        elif isinstance(raw, list):
+            values = [_number(v, f"{where}[{i}]") for i, v in enumerate(raw)]
+        elif isinstance(raw, dict):
+            spec = build(_Range, raw, where)
+            count = math.floor((spec.stop - spec.start) / spec.step + 1e-9) + 1
+            values = [spec.start + i * spec.step for i in range(count)]
+        else:
+            raise ConfigError(f"{where}: expected a number, a list or {{start, stop, step}}, got {raw!r}")
+        if not values:
+            raise ConfigError(f"{where}: empty grid")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{where}: repeated values in {values}")
+        return cls(tuple(sorted(values)))
+
+
+@dataclass(frozen=True)
+class _Range:
+    start: float
+    stop: float
+    step: float = field(metadata=check(lambda v: v > 0, "a positive step"))
+
+    def __post_init__(self):
+        if self.stop < self.start:
+            raise ConfigError(f"stop {self.stop} < start {self.start}")
+
+
+# ----------------------------------------------------------------------------------------------
+# dataset.yaml
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _size(v) -> bool:
+    return len(v) == 2 and all(8 <= x <= 8192 for x in v)
+
+
+def _rgb(v) -> bool:
+    return v is None or (len(v) == 3 and all(0 <= x <= 255 for x in v))
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    """A synthetic scene rendered by nervi_hpc.render (no user data needed)."""
+
+    kind: Literal["synthetic"]
+    scene: Literal["tornado", "blobs"] = "tornado"
+    mode: Literal["ir", "dvr"] = "ir"
+    size: tuple[int, int] = field(default=(256, 256), metadata=check(_size, "[height, width], each 8..8192"))
+    t: Grid = Grid((0.0,))
+    theta: Grid = Grid(tuple(float(v) for v in range(0, 172, 9)))
+    phi: Grid = Grid(tuple(float(v) for v in range(0, 352, 9)))
+    isovalue: float | None = None
+    volume: int = field(default=128, metadata=check(lambda v: 16 <= v <= 512, "16..512 voxels per side"))
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CinemaSource:
+    """A Cinema database (spec D): `data.csv` with parameter columns, then FILE columns."""
+
+    kind: Literal["cinema"]
+    path: str
+    background: RGB | None = field(default=None, metadata=check(_rgb, "[r, g, b] in 0..255"))
+    mask_tolerance: int = field(default=0, metadata=check(lambda v: 0 <= v <= 255, "0..255"))
+    mode: Literal["ir", "dvr", "unknown"] = "unknown"
+
+
+@dataclass(frozen=True)
+class FolderSource:
+    """A folder of images whose file names carry the parameters, e.g. `t{t}_theta{theta}_phi{phi}.png`."""
+
+    kind: Literal["folder"]
+    path: str
+    pattern: str
+    background: RGB | None = field(default=None, metadata=check(_rgb, "[r, g, b] in 0..255"))
+    mask_tolerance: int = field(default=0, metadata=check(lambda v: 0 <= v <= 255, "0..255"))
+    mode: Literal["ir", "dvr", "unknown"] = "unknown"
+
+
+SourceSpec = Union[SyntheticSource, CinemaSource, FolderSource]
+SOURCE_KINDS = {"synthetic": SyntheticSource, "cinema": CinemaSource, "folder": FolderSource}
+
+
+@dataclass(frozen=True)
+class IngestSpec:
+    """How a source becomes a sharded Zarr store."""
+
+    shard_size: int | None = field(default=None, metadata=check(lambda v: v is None or v > 0, "a positive image count"))
+    workers: int | None = field(default=None, metadata=check(lambda v: v is None or v > 0, "a positive count"))
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset.yaml: what to compress and how."""
+
+    name: str = field(metadata=check(lambda v: v and all(c.isalnum() or c in "-_." for c in v),
+                                     "letters, digits, '-', '_' or '.'"))
+    source: SourceSpec
+    ingest: IngestSpec = IngestSpec()
+
+
+# ----------------------------------------------------------------------------------------------
+# cluster.yaml
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One executor profile: where and with what resources the stages run."""
+
+    executor: Literal["local", "slurm"] = "local"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    nodes: int = field(default=1, metadata=check(_positive, "a positive count"))
+    gpus_per_node: int = field(default=0, metadata=check(lambda v: v >= 0, "0 or more"))
+    tasks_per_node: int = field(default=1, metadata=check(_positive, "a positive count"))
+    cpus_per_task: int = field(default=2, metadata=check(_positive, "a positive count"))
+    mem_gb: float = field(default=8.0, metadata=check(_positive, "a positive size"))
+    time_min: int = field(default=60, metadata=check(_positive, "a positive number of minutes"))
+    sbatch: dict[str, str] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """cluster.yaml: storage root and executor profiles."""
+
+    storage_root: str = "storage"
+    default_profile: str = "local"
+    profiles: dict[str, Profile] = field(default_factory=lambda: {"local": Profile()})
+
+    def __post_init__(self):
+        if self.default_profile not in self.profiles:
+            raise ConfigError(f"default_profile: {self.default_profile!r} is not one of the profiles "
+                              f"({', '.join(sorted(self.profiles))})")
+
+    def profile(self, name: str | None = None) -> Profile:
+        name = name or self.default_profile
+        if name not in self.profiles:
+            raise ConfigError(f"unknown profile {name!r} (profiles: {', '.join(sorted(self.profiles))})")
+        return self.profiles[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# The strict builder
+
+
+def build(cls, raw: Any, where: str = ""):
+    """Build dataclass `cls` from a parsed YAML mapping, validating keys, types and checks."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'top level'}: expected a mapping, got {_show(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{_join(where, str(key))}: unknown key {key!r} "
+                              f"(valid: {', '.join(fields)})")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        here = _join(where, name)
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{here}: missing (required)")
+            continue
+        value = _convert(hints[name], raw[name], here)
+        predicate, expected = f.metadata.get("check", (None, None))
+        if predicate is not None and not predicate(value):
+            raise ConfigError(f"{here}: bad value {_show(raw[name])} (expected {expected})")
+        values[name] = value
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+
+def _convert(tp, raw, where):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return raw
+    if origin in (Union, types.UnionType):
+        if raw is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if all(dataclasses.is_dataclass(a) for a in options):
+            return _build_tagged(options, raw, where)
+        return _convert(options[0], raw, where) if len(options) == 1 else _first_match(options, raw, where)
+    if origin is Literal:
+        if raw not in args:
+            raise ConfigError(f"{where}: bad value {_show(raw)} (expected one of {', '.join(map(str, args))})")
+        return raw
+    if tp is Grid:
+        return Grid.parse(raw, where)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, raw, where)
+    if origin is tuple:
+        items = _sequence(raw, where, expand_scalar=len(args) > 1 and args[1] is not Ellipsis)
+        if args and args[-1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(items))
+        if len(items) == 1 and len(args) > 1 and len(set(args)) == 1:
+            items = items * len(args)  # `size: 256` means [256, 256]
+        if len(items) != len(args):
+            raise ConfigError(f"{where}: bad value {_show(raw)} (expected {len(args)} items)")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, items)))
+    if origin is list:
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(_sequence(raw, where))]
+    if origin is dict:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {_show(raw)}")
+        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in raw.items()}
+    if tp is bool:
+        if not isinstance(raw, bool):
+            raise ConfigError(f"{where}: bad value {_show(raw)} (expected true or false)")
+        return raw
+    if tp is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ConfigError(f"{where}: bad value {_show(raw)} (expected an integer)")
+        return raw
+    if tp is float:
+        return _number(raw, where)
+    if tp is str:
+        if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            raise ConfigError(f"{where}: bad value {_show(raw)} (expected a string)")
+        return str(raw)
+    raise TypeError(f"config type {tp!r} not supported")  # a programming error, not user input
+
+
+def _build_tagged(options, raw, where):
+    """A union of sections chosen by their `kind` key (e.g. the source)."""
+    kinds = {typing.get_args(typing.get_type_hints(o)["kind"])[0]: o for o in options}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {_show(raw)}")
+    if "kind" not in raw:
+        raise ConfigError(f"{where}.kind: missing (one of {', '.join(kinds)})")
+    if raw["kind"] not in kinds:
+        raise ConfigError(f"{where}.kind: bad value {_show(raw['kind'])} (expected one of {', '.join(kinds)})")
+    return build(kinds[raw["kind"]], raw, where)
+
+
+def _first_match(options, raw, where):
+    errors = []
+    for option in options:
+        try:
+            return _convert(option, raw, where)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[0])
+
+
+def _sequence(raw, where, expand_scalar=False):
+    if isinstance(raw, list):
+        return raw
+    if expand_scalar and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return [raw]
+    raise ConfigError(f"{where}: bad value {_show(raw)} (expected a list)")
+
+
+def _number(raw, where) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        raise ConfigError(f"{where}: bad value {_show(raw)} (expected a number)")
+    return float(raw)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _show(raw) -> str:
+    text = repr(raw)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML file; a missing or malformed file is a one-line ConfigError naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
+
+
+def _load(cls, path):
+    raw = read_yaml(path)
+    try:
+        return build(cls, {} if raw is None and cls is ClusterConfig else raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def load_dataset(path: str | os.PathLike) -> DatasetSpec:
+    """Load a dataset.yaml. Relative source paths are resolved against the file's folder."""
+    spec = _load(DatasetSpec, path)
+    source = spec.source
+    if hasattr(source, "path") and not os.path.isabs(source.path):
+        source = dataclasses.replace(source, path=str((Path(path).parent / source.path).resolve()))
+    return dataclasses.replace(spec, source=source)
+
+
+def load_cluster(path: str | os.PathLike | None = None) -> ClusterConfig:
+    """Load cluster.yaml (default: $NERVI_CLUSTER, else ./cluster.yaml, else built-in local)."""
+    path = path or os.environ.get("NERVI_CLUSTER") or ("cluster.yaml" if Path("cluster.yaml").exists() else None)
+    if path is None:
+        return ClusterConfig()
+    cfg = _load(ClusterConfig, path)
+    root = Path(cfg.storage_root)
+    if not root.is_absolute():
+        cfg = dataclasses.replace(cfg, storage_root=str((Path(path).parent / root).resolve()))
+    return cfg
+
+
+def to_dict(obj) -> Any:
+    """A config dataclass as plain YAML/JSON data (the inverse of `build`)."""
+    if isinstance(obj, Grid):
+        return list(obj.values)
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
