@@ -50,6 +50,26 @@ def cmd_ingest(args) -> None:
     print(result.summary())
 
 
+def cmd_train(args) -> None:
+    import shutil
+
+    from .config import load_dataset
+    from .paths import RunPaths
+    from .train import train
+
+    paths = RunPaths(Path(args.run_dir))
+    if args.spec:
+        load_dataset(args.spec)  # validate before copying
+        paths.root.mkdir(parents=True, exist_ok=True)
+        from . import atomic
+
+        with atomic.atomic_path(paths.spec) as tmp:
+            shutil.copyfile(args.spec, tmp)
+    result = train(paths.root, load_dataset(paths.spec), max_minutes=args.max_minutes,
+                   progress=not args.quiet)
+    print(result.summary())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nervi-hpc", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -70,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contact-sheet", help="also write a contact sheet PNG of the store")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_ingest)
+
+    p = verbs.add_parser("train", help="train (or resume) NeRVI on RUN_DIR/renders.zarr, in this process")
+    p.add_argument("run_dir", help="run folder holding dataset.yaml and renders.zarr")
+    p.add_argument("--spec", help="copy this dataset.yaml into the run folder first")
+    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes; "
+                   "the lr schedule is fitted to the budget")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_train)
     return parser
 
 

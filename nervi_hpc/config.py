@@ -139,13 +139,41 @@ class IngestSpec:
 
 
 @dataclass(frozen=True)
+class TrainSpec:
+    """How the network is fitted. Sizes left out (None) are chosen from the image size."""
+
+    epochs: int = field(default=300, metadata=check(_positive, "a positive count"))
+    batch_size: int | None = field(default=None, metadata=check(lambda v: v is None or v > 0,
+                                                                "a positive global batch size"))
+    lr: float = field(default=5e-4, metadata=check(_positive, "a positive learning rate"))
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup: float = field(default=0.05, metadata=check(lambda v: 0 <= v < 1, "a fraction in [0, 1)"))
+    final_lr: float = field(default=0.01, metadata=check(lambda v: 0 <= v <= 1, "a fraction of lr in [0, 1]"))
+    seed: int = 0
+    max_minutes: float | None = field(default=None, metadata=check(lambda v: v is None or v > 0,
+                                                                   "a positive number of minutes"))
+    checkpoint_minutes: float = field(default=10.0, metadata=check(_positive, "a positive number of minutes"))
+    keep_latest_k: int = field(default=2, metadata=check(_positive, "a positive count"))
+    loader_workers: int = field(default=2, metadata=check(lambda v: v >= 0, "0 or more"))
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
-    """One dataset.yaml: what to compress and how."""
+    """One dataset.yaml: what to compress and how.
+
+    `model` holds a preset name and architecture overrides (nervi_hpc.model checks its keys
+    strictly when the model is built, so loading a spec does not import torch).
+    """
 
     name: str = field(metadata=check(lambda v: v and all(c.isalnum() or c in "-_." for c in v),
                                      "letters, digits, '-', '_' or '.'"))
     source: SourceSpec
     ingest: IngestSpec = IngestSpec()
+    model: dict[str, Any] = field(default_factory=dict)
+    train: TrainSpec = TrainSpec()
 
 
 # ----------------------------------------------------------------------------------------------

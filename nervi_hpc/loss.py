@@ -1,0 +1,72 @@
+"""Training losses (NeRVI and NeRV) and PSNR.
+
+All inputs are (B, C, H, W) in [0, 1]; losses are computed in float32 whatever the output dtype
+(e.g. bf16 under autocast).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from pytorch_msssim import ssim as _ssim
+
+L1_WEIGHT = 0.7
+SSIM_WEIGHT = 0.3
+MAX_SSIM_WINDOW = 11
+
+
+class Loss(NamedTuple):
+    """The value to minimise and its detached components, for logging."""
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM (data range 1) with the Gaussian window shrunk to fit small images (odd, ≤ 11)."""
+    window = min(MAX_SSIM_WINDOW, x.shape[-2], x.shape[-1])
+    if window % 2 == 0:
+        window -= 1
+    return _ssim(x, y, data_range=1.0, win_size=window)
+
+
+def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor) -> Loss:
+    """0.7·(mean|m̂ − m| + Σ|m·(ŷ − y)| / Σm) + 0.3·(1 − SSIM(ŷ, y)).
+
+    output (B, 4, H, W) = RGB ŷ + mask m̂; rgb (B, 3, H, W); mask (B, 1, H, W) in {0, 1}.
+    The masked term sums over the three channels and divides by the number of masked pixels;
+    it is 0 when no pixel is masked.
+    """
+    output, rgb, mask = output.float(), rgb.float(), mask.float()
+    predicted_rgb, predicted_mask = output[:, :3], output[:, 3:4]
+    mask_l1 = (predicted_mask - mask).abs().mean()
+    rgb_l1 = (mask * (predicted_rgb - rgb)).abs().sum() / mask.sum().clamp_min(1)
+    similarity = ssim(predicted_rgb, rgb)
+    total = L1_WEIGHT * (mask_l1 + rgb_l1) + SSIM_WEIGHT * (1 - similarity)
+    return Loss(total, {"mask_l1": mask_l1.detach(), "rgb_l1": rgb_l1.detach(), "ssim": similarity.detach()})
+
+
+def nerv_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor | None = None) -> Loss:
+    """0.7·mean|ŷ − y| + 0.3·(1 − SSIM(ŷ, y)) on the whole image (`mask` is ignored; it is
+    accepted so that both losses are called alike)."""
+    output, rgb = output.float(), rgb.float()
+    l1 = (output - rgb).abs().mean()
+    similarity = ssim(output, rgb)
+    total = L1_WEIGHT * l1 + SSIM_WEIGHT * (1 - similarity)
+    return Loss(total, {"l1": l1.detach(), "ssim": similarity.detach()})
+
+
+LOSSES: dict[str, Callable[..., Loss]] = {"nervi": nervi_loss, "nerv": nerv_loss}
+
+
+def loss_for(arch: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Loss]:
+    """The loss of a ModelConfig.arch, called as loss(output, rgb, mask)."""
+    return LOSSES[arch]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB (float64) of each image (…, C, H, W) in [0, 1], shape (…); `.mean()` gives the
+    mean. Identical images give +inf."""
+    mse = (a.double() - b.double()).pow(2).flatten(-3).mean(-1)
+    return 10 * torch.log10(1 / mse)

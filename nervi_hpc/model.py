@@ -1,0 +1,329 @@
+"""NeRVI: parameters → image + mask (and NeRV as a configuration of the same code).
+
+Network (ARCHITECTURE.md, "The model"): per-parameter positional encoding → two residual MLP
+blocks (SIREN for NeRVI, GELU for NeRV) → reshape to a (c1, h0, w0) grid → upscale blocks
+Conv3×3 → PixelShuffle → norm → GELU → Conv1×1 head → sigmoid (RGB + mask, or RGB for NeRV).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError, ModelError
+
+MAX_FACTOR = 5          # largest PixelShuffle factor of one upscale block
+MAX_STEM_CELLS = 256    # h0·w0 at most: rb2's last layer has (c1·h0·w0)² weights
+EXAMPLE_SIZES = "e.g. 64×64, 256×256, 400×400, 1024×1024, 1920×1080"
+
+
+def _check(predicate, expected: str) -> dict:
+    """Field metadata in the format nervi_hpc.config.build() validates (`check` there).
+
+    Defined here rather than imported: config.py imports this module for the `model:` section.
+    """
+    return {"check": (predicate, expected)}
+
+
+def _positive_int(v) -> bool:
+    return v >= 1
+
+
+def _pair_or_none(v) -> bool:
+    return v is None or (len(v) == 2 and all(x >= 1 for x in v))
+
+
+def _factors_or_none(v) -> bool:
+    return v is None or all(2 <= s <= MAX_FACTOR for s in v)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; the defaults are the paper's model.
+
+    `stem` (h0, w0) and `upscale` (PixelShuffle factors) are chosen from the image size by
+    `plan_upscale` when None; `resolved()` fills them in so a stored config never depends on it.
+    """
+
+    arch: Literal["nervi", "nerv"] = "nervi"
+    c1: int = field(default=128, metadata=_check(_positive_int, "a positive integer"))
+    c2: int = field(default=1024, metadata=_check(_positive_int, "a positive integer"))
+    pe_levels: int = field(default=4, metadata=_check(lambda v: 0 <= v <= 32, "0..32"))
+    pe_include_input: bool = False
+    omega0: float = field(default=30.0, metadata=_check(lambda v: v > 0, "a positive number"))
+    norm: Literal["batch", "none"] = "batch"
+    channel_decay: float = field(default=2.0, metadata=_check(lambda v: v >= 1, "a number ≥ 1"))
+    min_channels: int = field(default=1, metadata=_check(_positive_int, "a positive integer"))
+    stem: tuple[int, int] | None = field(default=None, metadata=_check(_pair_or_none, "[h0, w0], each ≥ 1"))
+    upscale: tuple[int, ...] | None = field(default=None,
+                                            metadata=_check(_factors_or_none, f"factors in 2..{MAX_FACTOR}"))
+
+    def __post_init__(self):
+        for name in ("stem", "upscale"):  # lists from callers become tuples: hashable, comparable
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        for f in dataclasses.fields(self):
+            predicate, expected = f.metadata.get("check", (None, None))
+            value = getattr(self, f.name)
+            if predicate is not None and not predicate(value):
+                raise ModelError(f"model.{f.name}: bad value {value!r} (expected {expected})")
+        if self.pe_levels == 0 and not self.pe_include_input:
+            raise ModelError("model: pe_levels is 0 and pe_include_input is false, so the network has no input")
+
+    def resolved(self, height: int, width: int) -> "ModelConfig":
+        """This config with `stem` and `upscale` fixed for an image of height × width."""
+        h0, w0, factors = plan_upscale(height, width, self.stem, self.upscale)
+        return dataclasses.replace(self, stem=(h0, w0), upscale=factors)
+
+    def channels(self, blocks: int) -> list[int]:
+        """Output channels of each upscale block: c2, c2/decay, …, never below min_channels."""
+        return [max(self.min_channels, round(self.c2 / self.channel_decay ** i)) for i in range(blocks)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (tuples become lists)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "ModelConfig":
+        """The inverse of to_dict; unknown keys and bad values raise ModelError naming them."""
+        from .config import build  # deferred: config.py imports this module
+
+        try:
+            return build(cls, raw, "model")
+        except ConfigError as e:
+            raise ModelError(str(e)) from None
+
+
+PRESETS = {
+    "paper": ModelConfig(),
+    "nerv": ModelConfig(arch="nerv"),
+}
+
+
+def preset(name: str, height: int, width: int) -> ModelConfig:
+    """A named configuration resolved for height × width: `paper` (exactly the paper) or `nerv`."""
+    if name not in PRESETS:
+        raise ModelError(f"unknown model preset {name!r} (presets: {', '.join(PRESETS)})")
+    return PRESETS[name].resolved(height, width)
+
+
+# ----------------------------------------------------------------------------------------------
+# Upscale plan
+
+
+def plan_upscale(height: int, width: int, stem: tuple[int, int] | None = None,
+                 upscale: tuple[int, ...] | None = None) -> tuple[int, int, tuple[int, ...]]:
+    """Start grid (h0, w0) and PixelShuffle factors with h0·∏factors = height, w0·∏factors = width.
+
+    By default the common factor is the largest divisor of gcd(height, width) made of 2, 3 and 5
+    that leaves a start grid of at least 2 on each side; it is split into factors ≤ 5, largest
+    first, with pairs of 2 merged into 4 until two factors are ≥ 4 (the paper: 1024² → 2×2 and
+    4,4,2,2,2,2,2). `stem` or `upscale` override the choice.
+    """
+    size = f"{height}×{width}"
+    if upscale is not None:
+        factors = tuple(upscale)
+        total = math.prod(factors)
+        if height % total or width % total:
+            raise ModelError(f"image size {size}: upscale factors {list(factors)} (×{total}) do not divide it")
+        h0, w0 = height // total, width // total
+        if stem is not None and tuple(stem) != (h0, w0):
+            raise ModelError(f"image size {size}: stem {stem[0]}×{stem[1]} and upscale factors "
+                             f"{list(factors)} do not multiply to it (the factors need {h0}×{w0})")
+    else:
+        if stem is not None:
+            h0, w0 = stem
+            if height % h0 or width % w0 or height // h0 != width // w0:
+                raise ModelError(f"image size {size}: stem {h0}×{w0} does not divide it by one common factor")
+            total = height // h0
+        else:
+            total = _common_factor(height, width)
+            h0, w0 = height // total, width // total
+        factors = _split(total)
+        if factors is None:
+            raise ModelError(f"image size {size}: the upscale from stem {h0}×{w0} (×{total}) "
+                             f"is not a product of the factors 2, 3 and 5")
+    if h0 * w0 > MAX_STEM_CELLS or not factors:
+        why = f"{h0 * w0} cells, at most {MAX_STEM_CELLS}" if factors else "no upscaling at all"
+        raise ModelError(f"image size {size} has no upscale plan: its start grid would be {h0}×{w0} "
+                         f"({why}); height and width need a large common divisor made of 2, 3 and 5 "
+                         f"({EXAMPLE_SIZES})")
+    return h0, w0, factors
+
+
+def _prime_factors(n: int) -> list[int] | None:
+    """n as a list of primes ≤ MAX_FACTOR, largest first; None if n has a larger prime."""
+    primes = []
+    for p in (5, 3, 2):
+        while n % p == 0:
+            primes.append(p)
+            n //= p
+    return primes if n == 1 else None
+
+
+def _common_factor(height: int, width: int) -> int:
+    common = math.gcd(height, width)
+    return max((d for d in range(1, common + 1)
+                if common % d == 0 and 2 * d <= min(height, width) and _prime_factors(d) is not None),
+               default=1)
+
+
+def _split(total: int) -> tuple[int, ...] | None:
+    """Upscale factors for `total`: its primes, pairs of 2 merged into 4 until two are ≥ 4."""
+    factors = _prime_factors(total)
+    if factors is None:
+        return None
+    while sum(s >= 4 for s in factors) < 2 and factors.count(2) >= 2:
+        factors.remove(2)
+        factors.remove(2)
+        factors.append(4)
+    return tuple(sorted(factors, reverse=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+
+
+class PositionalEncoding(nn.Module):
+    """Per input x in [-1, 1]: [x (optional)], sin(2^i·π·x), cos(2^i·π·x) for i < levels."""
+
+    def __init__(self, levels: int, include_input: bool):
+        super().__init__()
+        self.levels = levels
+        self.include_input = include_input
+        self.features_per_input = 2 * levels + int(include_input)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frequencies = math.pi * 2.0 ** torch.arange(self.levels, device=x.device, dtype=x.dtype)
+        angles = x.unsqueeze(-1) * frequencies
+        parts = ([x.unsqueeze(-1)] if self.include_input else []) + [torch.sin(angles), torch.cos(angles)]
+        return torch.cat(parts, dim=-1).flatten(-2)
+
+
+class SineLayer(nn.Module):
+    """sin(ω0·(Wx + b)) with SIREN's initialisation (U(±1/in) first, U(±√(6/in)/ω0) hidden)."""
+
+    def __init__(self, in_features: int, out_features: int, omega0: float, first: bool):
+        super().__init__()
+        self.omega0 = omega0
+        self.linear = nn.Linear(in_features, out_features)
+        bound = 1 / in_features if first else math.sqrt(6 / in_features) / omega0
+        with torch.no_grad():
+            self.linear.weight.uniform_(-bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.omega0 * self.linear(x))
+
+
+class GeluLayer(nn.Module):
+    """GELU(Wx + b): NeRV's MLP layer."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.linear(x))
+
+
+class ResidualBlock(nn.Module):
+    """0.5·(branch(x) + skip(x)); branch = two layers, skip = a layer when the widths differ."""
+
+    def __init__(self, first_layer: nn.Module, second_layer: nn.Module, skip: nn.Module | None):
+        super().__init__()
+        self.branch = nn.Sequential(first_layer, second_layer)
+        self.skip = skip if skip is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.branch(x) + self.skip(x))
+
+
+class UpscaleBlock(nn.Sequential):
+    """Conv3×3(in → out·s²) → PixelShuffle(s) → norm → GELU."""
+
+    def __init__(self, in_channels: int, out_channels: int, factor: int, norm: str):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels * factor ** 2, kernel_size=3, padding=1),
+            nn.PixelShuffle(factor),
+            nn.BatchNorm2d(out_channels) if norm == "batch" else nn.Identity(),
+            nn.GELU(),
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The network
+
+
+class NeRVI(nn.Module):
+    """Maps (B, P) parameters in [-1, 1] to (B, 4, H, W) RGB + mask in [0, 1] (3 channels for NeRV).
+
+    `self.config` is the given config resolved for height × width (stem and factors filled in).
+    """
+
+    def __init__(self, config: ModelConfig, height: int, width: int, num_params: int):
+        super().__init__()
+        if num_params < 1:
+            raise ModelError(f"model: needs at least one input parameter, got {num_params}")
+        self.config = config.resolved(height, width)
+        self.height, self.width, self.num_params = height, width, num_params
+        c1, (h0, w0), factors = self.config.c1, self.config.stem, self.config.upscale
+
+        self.encoding = PositionalEncoding(self.config.pe_levels, self.config.pe_include_input)
+        in_features = num_params * self.encoding.features_per_input
+        self.mlp = nn.Sequential(self._residual_block(in_features, c1, first=True),
+                                 self._residual_block(c1, c1 * h0 * w0, first=False))
+        channels = self.config.channels(len(factors))
+        self.upscale = nn.Sequential(*(UpscaleBlock(i, o, s, self.config.norm)
+                                       for i, o, s in zip([c1] + channels[:-1], channels, factors)))
+        out_channels = 4 if self.config.arch == "nervi" else 3
+        self.head = nn.Conv2d(channels[-1], out_channels, kernel_size=1)
+
+    def _layer(self, in_features: int, out_features: int, first: bool) -> nn.Module:
+        if self.config.arch == "nervi":
+            return SineLayer(in_features, out_features, self.config.omega0, first)
+        return GeluLayer(in_features, out_features)
+
+    def _residual_block(self, in_features: int, out_features: int, first: bool) -> ResidualBlock:
+        skip = self._layer(in_features, out_features, first) if in_features != out_features else None
+        return ResidualBlock(self._layer(in_features, out_features, first),
+                             self._layer(out_features, out_features, False), skip)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.num_params:
+            raise ModelError(f"model: expected input of shape (batch, {self.num_params}), got {tuple(x.shape)}")
+        h0, w0 = self.config.stem
+        grid = self.mlp(self.encoding(x)).reshape(x.shape[0], self.config.c1, h0, w0)
+        return torch.sigmoid(self.head(self.upscale(grid)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars (works on the meta device)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference
+
+
+def composite(output: torch.Tensor, background: tuple[int, int, int]) -> torch.Tensor:
+    """RGB (…, 3, H, W) in [0, 1]: predicted RGB where the mask > 0.5, else `background` (0–255).
+
+    A 3-channel (NeRV) output is returned as is.
+    """
+    if output.shape[-3] == 3:
+        return output
+    rgb, mask = output[..., :3, :, :], output[..., 3:4, :, :]
+    colour = torch.tensor(background, dtype=output.dtype, device=output.device).view(3, 1, 1) / 255
+    return torch.where(mask > 0.5, rgb, colour)
+
+
+def to_uint8(rgb: torch.Tensor) -> torch.Tensor:
+    """(…, 3, H, W) in [0, 1] → uint8 (…, H, W, 3), the layout of the store, rounded and clamped."""
+    return (rgb.float() * 255).round().clamp(0, 255).to(torch.uint8).movedim(-3, -1)

@@ -1,0 +1,251 @@
+"""Fit NeRVI to a renders.zarr store: one process on a CPU, or DDP over nodes × GPUs.
+
+Rank and world size come from the environment (RANK/WORLD_SIZE/LOCAL_RANK as torchrun sets
+them, or as submitit's TorchDistributedEnvironment exports them); without them it is one
+process. NCCL on CUDA, gloo on CPU. Rank 0 logs (rich progress + metrics.jsonl) and writes
+checkpoints; a run resumes from the newest complete checkpoint and then continues exactly as
+if it had not stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint
+from .config import DatasetSpec, TrainSpec, to_dict
+from .data import RenderDataset, ShardAwareSampler, keep_batch
+from .loss import loss_for, psnr
+from .model import ModelConfig, NeRVI, composite, count_parameters, model_config
+from .paths import RunPaths
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Distributed:
+    """Join the process group the environment describes (or none for a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local % torch.cuda.device_count()) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    return Distributed(rank, world, local, device)
+
+
+def default_batch_size(height: int, width: int, count: int, world: int) -> int:
+    """A global batch of about 8 images of 256² (more for small images), at least one per rank."""
+    return max(world, min(count, 8 * 256 * 256 // (height * width)))
+
+
+def learning_rate(cfg: TrainSpec, progress: float) -> float:
+    """lr at `progress` ∈ [0, 1] of the run: linear warm-up, then cosine to final_lr·lr."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if progress < cfg.warmup:
+        return cfg.lr * max(progress / cfg.warmup, 1e-3)
+    t = (progress - cfg.warmup) / (1 - cfg.warmup)
+    return cfg.lr * (cfg.final_lr + (1 - cfg.final_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+@dataclass
+class TrainResult:
+    checkpoint: str
+    epochs: int
+    steps: int
+    seconds: float
+    images_per_s: float
+    loss: float
+    psnr: float
+    parameters: int
+    stopped_early: bool
+
+    def summary(self) -> str:
+        how = "stopped at the time limit" if self.stopped_early else "finished"
+        return (f"{how}: {self.epochs} epochs, {self.steps} steps in {self.seconds / 60:.1f} min "
+                f"({self.images_per_s:.1f} img/s), loss {self.loss:.4f}, PSNR {self.psnr:.2f} dB, "
+                f"{self.parameters:,} parameters → {self.checkpoint}")
+
+
+class MetricsLog:
+    """JSON lines a monitor can tail while training runs (rank 0 only)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a", buffering=1)
+
+    def write(self, **record) -> None:
+        self.file.write(json.dumps({"time": time.time(), **record}) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train (or resume) the run in `run_dir` on its renders.zarr; return rank 0's result."""
+    paths = RunPaths(Path(run_dir))
+    cfg = spec.train
+    max_minutes = max_minutes if max_minutes is not None else cfg.max_minutes
+    env = setup_distributed()
+    data = RenderDataset(paths.store)
+    mcfg = model_config(spec.model, data.height, data.width)
+    batch_size = cfg.batch_size or default_batch_size(data.height, data.width, data.count, env.world_size)
+    sampler = ShardAwareSampler(data.count, data.shard_size, batch_size, env.rank, env.world_size, cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        data, batch_sampler=sampler, collate_fn=keep_batch, num_workers=cfg.loader_workers,
+        pin_memory=env.device.type == "cuda", persistent_workers=cfg.loader_workers > 0)
+
+    torch.manual_seed(cfg.seed)
+    model = NeRVI(mcfg, data.height, data.width, len(data.param_names)).to(env.device)
+    cuda = env.device.type == "cuda"
+    memory_format = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    step = epoch = start_batch = 0
+    trained_seconds = 0.0
+    found = checkpoint.latest(paths.checkpoints)
+    if found is not None:
+        state, _ = checkpoint.load(found, map_location=env.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
+        trained_seconds = state["seconds"]
+    if env.world_size > 1:
+        if cuda:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device] if cuda else None)
+    net = torch.compile(model) if cfg.compile else model
+    module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    loss_fn = loss_for(mcfg.arch)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp != "off"
+                else contextlib.nullcontext())
+    total_steps = cfg.epochs * sampler.batches_per_epoch
+    config_record = {"dataset": to_dict(spec), "model": mcfg.to_dict(), "batch_size": batch_size,
+                     "world_size": env.world_size, "height": data.height, "width": data.width,
+                     "param_names": list(data.param_names), "ranges": data.ranges,
+                     "background": list(data.background)}
+
+    def save(stopped: bool) -> Path | None:
+        if not env.is_main:
+            return None
+        state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                 "epoch": epoch, "batch": start_batch, "seconds": trained_seconds}
+        return checkpoint.save(paths.checkpoints, step, state, {**config_record, "stopped_early": stopped},
+                               cfg.keep_latest_k)
+
+    log = MetricsLog(paths.metrics) if env.is_main else None
+    bar = _ProgressBar(progress and env.is_main, cfg.epochs, epoch)
+    started = time.monotonic() - trained_seconds
+    last_checkpoint = time.monotonic()
+    images_seen, clock = 0, time.monotonic()
+    loss_value = psnr_value = float("nan")
+    stopped = False
+    model.train()
+    while epoch < cfg.epochs and not stopped:
+        sampler.set_epoch(epoch, start_batch)
+        epoch_loss, epoch_psnr, batches = 0.0, 0.0, 0
+        for images, masks, inputs in loader:
+            images = images.to(env.device, non_blocking=True).float().div_(255)
+            masks = masks.to(env.device, non_blocking=True).float()
+            inputs = inputs.to(env.device, non_blocking=True)
+            images = images.contiguous(memory_format=memory_format)
+            now = time.monotonic()
+            elapsed, since_checkpoint = _agree([now - started, now - last_checkpoint], env)
+            time_progress = elapsed / (60 * max_minutes) if max_minutes else 0.0
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, max(step / total_steps, time_progress))
+            with autocast:
+                output = net(inputs)
+                loss = loss_fn(output.float(), images, masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            start_batch += 1
+            batches += 1
+            images_seen += len(inputs) * env.world_size
+            with torch.no_grad():
+                epoch_loss += loss.item()
+                epoch_psnr += psnr(composite(output.float(), data.background), images).item()
+            trained_seconds = time.monotonic() - started
+            if max_minutes and time_progress >= 1.0:
+                stopped = True
+                break
+            if since_checkpoint > 60 * cfg.checkpoint_minutes:
+                save(False)
+                last_checkpoint = time.monotonic()
+        if start_batch >= sampler.batches_per_epoch:
+            epoch, start_batch = epoch + 1, 0
+        loss_value, psnr_value = epoch_loss / max(batches, 1), epoch_psnr / max(batches, 1)
+        rate = images_seen / max(time.monotonic() - clock, 1e-9)
+        eta = (total_steps - step) * batch_size / rate if rate else float("nan")
+        if env.is_main:
+            log.write(epoch=epoch, step=step, loss=loss_value, psnr=psnr_value,
+                      lr=optimizer.param_groups[0]["lr"], images_per_s=rate, eta_s=eta,
+                      elapsed_s=trained_seconds, epochs=cfg.epochs)
+            bar.update(epoch, loss_value, psnr_value, rate, eta)
+    final = save(stopped)
+    bar.close()
+    if log:
+        log.write(event="done" if not stopped else "stopped", epoch=epoch, step=step,
+                  loss=loss_value, psnr=psnr_value, elapsed_s=trained_seconds)
+        log.close()
+    if env.world_size > 1:
+        dist.barrier()
+    return TrainResult(str(final or checkpoint.latest(paths.checkpoints)), epoch, step, trained_seconds,
+                       images_seen / max(time.monotonic() - clock, 1e-9), loss_value, psnr_value,
+                       count_parameters(module), stopped)
+
+
+def _agree(values: list[float], env: Distributed) -> list[float]:
+    """The ranks' largest values, so every rank takes the same time-based decisions."""
+    if env.world_size == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=env.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+class _ProgressBar:
+    """Rank 0's rich progress: epoch, loss, PSNR, img/s, ETA (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, epochs: int, done: int):
+        self.progress = None
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.description}"))
+            self.task = self.progress.add_task("", total=epochs, completed=done)
+            self.progress.start()
+
+    def update(self, epoch, loss, psnr_db, rate, eta):
+        if self.progress:
+            self.progress.update(self.task, completed=epoch, description=(
+                f"epoch {epoch} · loss {loss:.4f} · PSNR {psnr_db:.2f} dB · {rate:.1f} img/s · "
+                f"ETA {eta / 60:.1f} min"))
+
+    def close(self):
+        if self.progress:
+            self.progress.stop()

@@ -1,0 +1,243 @@
+"""NeRVI / NeRV network: size, upscale plan, shapes, config round trip, inference rule, training step."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from nervi_hpc.errors import ModelError
+from nervi_hpc.model import (MAX_FACTOR, MAX_STEM_CELLS, GeluLayer, ModelConfig, NeRVI, PositionalEncoding,
+                             SineLayer, composite, count_parameters, plan_upscale, preset, to_uint8)
+
+TINY = ModelConfig(c1=8, c2=16, min_channels=4)
+
+
+def build(config, height, width, params, device="cpu"):
+    torch.manual_seed(0)
+    with torch.device(device):
+        return NeRVI(config, height, width, params)
+
+
+# ----------------------------------------------------------------------------------------------
+# Size of the paper's model
+
+
+def design_parameter_count(c1, c2, params, levels, stem, factors, out_channels):
+    """The count ARCHITECTURE.md implies, layer by layer."""
+    def linear(i, o):
+        return i * o + o
+
+    def residual(i, o):
+        return linear(i, o) + linear(o, o) + (linear(i, o) if i != o else 0)
+
+    cells = stem[0] * stem[1]
+    total = residual(params * 2 * levels, c1) + residual(c1, c1 * cells)
+    width = c1
+    for k, s in enumerate(factors):
+        out = c2 // 2 ** k
+        total += 9 * width * out * s * s + out * s * s + 2 * out  # conv weight + bias, BatchNorm
+        width = out
+    return total + linear(width, out_channels)
+
+
+def test_paper_model_at_1024_has_101m_parameters():
+    model = build(preset("paper", 1024, 1024), 1024, 1024, 3, device="meta")
+    count = count_parameters(model)
+    print(f"paper model at 1024², P=3: {count:,} parameters")
+    assert count == design_parameter_count(128, 1024, 3, 4, (2, 2), (4, 4, 2, 2, 2, 2, 2), 4)
+    assert abs(count - 101e6) / 101e6 < 0.005
+
+
+def test_paper_preset_is_the_paper():
+    config = preset("paper", 256, 256)
+    assert (config.arch, config.c1, config.c2, config.pe_levels, config.omega0, config.norm) == \
+        ("nervi", 128, 1024, 4, 30.0, "batch")
+    assert config.channels(len(config.upscale)) == [1024, 512, 256, 128, 64]
+
+
+def test_unknown_preset():
+    with pytest.raises(ModelError, match="presets: paper, nerv"):
+        preset("huge", 64, 64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Upscale plan
+
+
+@pytest.mark.parametrize("size, expected", [
+    (1024, (2, 2, (4, 4, 2, 2, 2, 2, 2))),
+    (256, (2, 2, (4, 4, 2, 2, 2))),
+])
+def test_plan_reproduces_the_paper(size, expected):
+    assert plan_upscale(size, size) == expected
+
+
+@pytest.mark.parametrize("height, width", [(400, 400), (600, 600), (800, 800), (1080, 1920), (64, 64),
+                                           (48, 80), (16, 16), (8, 8), (100, 300)])
+def test_plan_covers_common_sizes(height, width):
+    h0, w0, factors = plan_upscale(height, width)
+    total = math.prod(factors)
+    assert (h0 * total, w0 * total) == (height, width)
+    assert factors and all(2 <= s <= MAX_FACTOR for s in factors)
+    assert list(factors) == sorted(factors, reverse=True)
+    assert h0 * w0 <= MAX_STEM_CELLS
+
+
+def test_plan_overrides():
+    assert plan_upscale(64, 64, stem=(4, 4)) == (4, 4, (4, 4))
+    assert plan_upscale(64, 64, upscale=(2, 2, 2)) == (8, 8, (2, 2, 2))
+
+
+@pytest.mark.parametrize("height, width, stem, upscale, message", [
+    (97, 97, None, None, "97×97 has no upscale plan"),
+    (11, 13, None, None, "no upscaling"),
+    (64, 64, (3, 3), None, "stem 3×3 does not divide"),
+    (64, 64, None, (3, 3), "do not divide"),
+    (64, 64, (2, 2), (4, 4), "do not multiply"),
+    (98, 98, (2, 2), None, "not a product of the factors 2, 3 and 5"),
+])
+def test_bad_sizes_raise_one_line(height, width, stem, upscale, message):
+    with pytest.raises(ModelError, match=message) as info:
+        plan_upscale(height, width, stem, upscale)
+    assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shapes and values
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (48, 80)])
+@pytest.mark.parametrize("params", [1, 3, 4])
+def test_output_shape_and_range(height, width, params):
+    model = build(TINY, height, width, params)
+    out = model(torch.rand(2, params) * 2 - 1)
+    assert out.shape == (2, 4, height, width)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("height, width", [(400, 400), (1080, 1920)])
+def test_large_sizes_build_on_meta(height, width):
+    model = build(TINY, height, width, 3, device="meta")
+    out = model(torch.zeros(2, 3, device="meta"))
+    assert out.shape == (2, 4, height, width)
+
+
+def test_wrong_input_shape_is_a_model_error():
+    with pytest.raises(ModelError, match=r"expected input of shape \(batch, 3\)"):
+        build(TINY, 16, 16, 3)(torch.zeros(2, 2))
+
+
+def test_positional_encoding_values():
+    x = torch.tensor([[0.0, 0.5]])
+    features = PositionalEncoding(levels=2, include_input=True)(x)
+    # per parameter: x, sin(πx), sin(2πx), cos(πx), cos(2πx)
+    expected = torch.tensor([[0.0, 0, 0, 1, 1, 0.5, 1, 0, 0, -1]])
+    assert torch.allclose(features, expected, atol=1e-6)
+
+
+def test_siren_initialisation_bounds():
+    model = build(TINY, 16, 16, 3)
+    rb1, rb2 = model.mlp
+    first, hidden = rb1.branch[0].linear.weight, rb2.branch[1].linear.weight
+    assert first.abs().max() <= 1 / first.shape[1]
+    bound = math.sqrt(6 / hidden.shape[1]) / 30
+    assert hidden.abs().max() <= bound and hidden.abs().max() > 0.9 * bound
+    assert isinstance(rb1.skip, SineLayer) and isinstance(rb2.skip, SineLayer)
+
+
+def test_channels_decay_and_floor():
+    config = ModelConfig(c2=64, channel_decay=2.0, min_channels=8)
+    assert config.channels(5) == [64, 32, 16, 8, 8]
+    assert ModelConfig(c2=64, channel_decay=1.5).channels(3) == [64, 43, 28]
+
+
+def test_norm_none_has_no_batchnorm():
+    model = build(ModelConfig(c1=8, c2=16, norm="none"), 16, 16, 3)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in build(TINY, 16, 16, 3).modules())
+
+
+def test_nerv_config_has_gelu_mlp_and_rgb_head():
+    model = build(preset("nerv", 32, 32), 32, 32, 3, device="meta")
+    assert model.head.out_channels == 3
+    layers = [m for m in model.mlp.modules() if isinstance(m, (SineLayer, GeluLayer))]
+    assert layers and all(isinstance(m, GeluLayer) for m in layers)
+    small = build(ModelConfig(arch="nerv", c1=8, c2=16), 32, 32, 3)
+    out = small(torch.zeros(1, 3))
+    assert out.shape == (1, 3, 32, 32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Config round trip
+
+
+def test_config_round_trip_through_json():
+    config = ModelConfig(arch="nerv", c1=16, c2=64, pe_include_input=True, norm="none",
+                         min_channels=4).resolved(48, 80)
+    again = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    assert build(again, 48, 80, 2).config == config
+
+
+def test_from_dict_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ModelError, match="unknown key 'widths'"):
+        ModelConfig.from_dict({"c1": 8, "widths": [1, 2]})
+    with pytest.raises(ModelError, match="model.upscale"):
+        ModelConfig.from_dict({"upscale": [4, 7]})
+    with pytest.raises(ModelError, match="no input"):
+        ModelConfig(pe_levels=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference rule
+
+
+def test_composite_applies_threshold_and_background():
+    output = torch.zeros(1, 4, 1, 3)
+    output[0, :3] = torch.tensor([0.2, 0.4, 0.6]).view(3, 1, 1)
+    output[0, 3, 0] = torch.tensor([0.51, 0.5, 0.1])
+    rgb = composite(output, (255, 0, 51))
+    assert torch.allclose(rgb[0, :, 0, 0], torch.tensor([0.2, 0.4, 0.6]))
+    for column in (1, 2):
+        assert torch.allclose(rgb[0, :, 0, column], torch.tensor([1.0, 0.0, 0.2]))
+    nerv = torch.rand(1, 3, 2, 2)
+    assert composite(nerv, (255, 255, 255)) is nerv
+
+
+def test_to_uint8_rounds_clamps_and_moves_channels_last():
+    rgb = torch.tensor([-0.1, 0.4 / 255, 1.6 / 255, 1.2]).view(1, 1, 4).expand(3, 1, 4)
+    pixels = to_uint8(rgb)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (1, 4, 3)
+    assert pixels[0, :, 0].tolist() == [0, 0, 2, 255]
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_tiny_model_learns_on_cpu(channels_last):
+    model = build(TINY, 16, 16, 3)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.rand(4, 3) * 2 - 1
+    target = torch.rand(4, 4, 16, 16)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = (model(x) - target).abs().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
+
+
+def test_forward_under_bf16_autocast():
+    model = build(TINY, 16, 16, 3).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.rand(2, 3))
+    assert out.shape == (2, 4, 16, 16)
+    assert torch.isfinite(out.float()).all() and out.min() >= 0 and out.max() <= 1
