@@ -22,7 +22,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         with Image.open(path) as im:
             if any(";16" in str(tile.args) for tile in im.tile):  # PIL would keep only the top 8 bits
-                raise SourceError(f"{path}: 16 bits per channel; expected 8-bit RGB or RGBA")
+                raise SourceError(f"{path}: {im.mode} image with 16 bits per channel; expected 8-bit RGB or RGBA")
             im.load()
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")

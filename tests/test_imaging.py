@@ -24,7 +24,7 @@ def write_png16(path, width=4, height=3):
 
 def test_16_bit_rgb_is_refused_instead_of_truncated(tmp_path):
     write_png16(tmp_path / "deep.png")
-    with pytest.raises(SourceError, match=r"deep\.png: 16 bits per channel"):
+    with pytest.raises(SourceError, match=r"deep\.png: RGB image with 16 bits per channel"):
         read_image(tmp_path / "deep.png")
 
 
