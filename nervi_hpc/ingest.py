@@ -14,6 +14,7 @@ launcher (mpiexec, srun) the ranks, rank r taking shards r, r + K, …
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -98,9 +99,15 @@ def foreground_mask(rgb: np.ndarray, alpha: np.ndarray | None, background: Seque
     """uint8 0/1: alpha > 0 where there is alpha, else a channel differs from the background by
     more than `tolerance`."""
     if alpha is not None:
-        return (alpha > 0).astype(np.uint8)
-    difference = np.abs(rgb.astype(np.int16) - np.asarray(background, np.int16))
-    return (difference > tolerance).any(axis=-1).astype(np.uint8)
+        return (alpha > 0).view(np.uint8)
+    far = np.zeros(rgb.shape[:-1], bool)
+    for channel, value in enumerate(background):  # two uint8 comparisons per channel: no wide copies
+        plane = rgb[..., channel]
+        if value + tolerance < 255:
+            far |= plane > value + tolerance
+        if value - tolerance > 0:
+            far |= plane < value - tolerance
+    return far.view(np.uint8)
 
 
 def spread(count: int, k: int) -> np.ndarray:
@@ -111,11 +118,13 @@ def spread(count: int, k: int) -> np.ndarray:
 def detect_background(source: Source) -> tuple[int, int, int]:
     """The most common colour of the border pixels of up to 16 images spread over the source
     (white for images with alpha). SourceError when no colour covers most of the border."""
-    rgb, alpha = _read(source, spread(len(source), BACKGROUND_SAMPLES).tolist())
-    if alpha is not None:
-        return WHITE
-    border = np.concatenate([rgb[:, 0], rgb[:, -1], rgb[:, 1:-1, 0], rgb[:, 1:-1, -1]], axis=1)
-    codes = border.reshape(-1, 3).astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
+    borders = []
+    for index in spread(len(source), BACKGROUND_SAMPLES).tolist():  # one at a time: 8192² fits too
+        (rgb,), alpha = _read(source, [index])
+        if alpha is not None:
+            return WHITE
+        borders += [rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]]
+    codes = np.concatenate(borders).astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
     values, counts = np.unique(codes, return_counts=True)
     top = int(values[counts.argmax()])
     colour = (top >> 16, (top >> 8) & 255, top & 255)
@@ -175,7 +184,9 @@ class _Plan:
         return self.partial / INGEST_DIR / f"shard-{shard:05d}.done"
 
     def done(self) -> set[int]:
-        return {s for s in range(self.shards) if self.marker(s).exists()}
+        """The shards with a marker (one folder listing, not a stat per shard)."""
+        names = set(os.listdir(self.partial / INGEST_DIR))
+        return {s for s in range(self.shards) if self.marker(s).name in names}
 
     def images_in(self, shards) -> int:
         return sum(stop - start for start, stop in map(self.bounds, shards))
@@ -221,7 +232,8 @@ def _prepare(source: Source, store_path: Path, shard_size: int, digest: str) -> 
     if state is not None and state.get("fingerprint") == digest:
         return tuple(state["background"])
     if partial.exists():
-        _say(f"discarding {partial}: an unfinished ingest of another source or shard size")
+        _say(f"discarding {partial}: an unfinished ingest of another source or shard size (or one "
+             f"that never got past its set-up)")
         shutil.rmtree(partial)
     background = tuple(source.background) if source.background is not None else detect_background(source)
     create_arrays(partial, np.asarray(source.params, np.float64), *source.size, shard_size)
@@ -263,14 +275,15 @@ def _finish(plan: _Plan, store_path: Path, digest: str) -> None:
         os.rename(plan.partial, store_path)
     except OSError as e:
         raise StoreError(f"{store_path}: cannot move the finished ingest there ({e.strerror})") from None
-    shutil.rmtree(store_path / INGEST_DIR)
+    shutil.rmtree(store_path / INGEST_DIR, ignore_errors=True)  # bookkeeping only: a re-run also clears it
 
 
-def write_contact_sheet_of(store: RenderStore, path: str | os.PathLike) -> None:
+def write_store_contact_sheet(store: RenderStore, path: str | os.PathLike) -> None:
     """A PNG of up to 64 images spread over the store, labelled with their parameters."""
     picks = spread(len(store), SHEET_IMAGES)
     images, _ = store.read(picks)
-    labels = [" ".join(f"{v:g}" for v in store.params[i]) for i in picks]
+    labels = [" ".join(f"{name}={value:.4g}" for name, value in zip(store.param_names, store.params[i]))
+              for i in picks]
     write_contact_sheet(path, list(images), labels)
 
 
@@ -293,33 +306,37 @@ def ingest(source: Source, store_path: str | os.PathLike, *, shard_size: int | N
     shard_size = min(shard_size or default_shard_size(count, *source.size), count)
     digest = fingerprint(source, shard_size)
     comm = _mpi_comm()
-    rank, ranks = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
-
     background = _on_root(comm, lambda: _prepare(source, store_path, shard_size, digest))
-    if background is not None:
+    if background is None:
+        written, skipped = 0, count
+    else:
         plan = _Plan(source, partial_path(store_path), shard_size, tuple(background))
         done = plan.done()
         skipped = plan.images_in(done)
-        mine = [s for s in range(rank, plan.shards, ranks) if s not in done]
-        with _progress_bar(progress and rank == 0) as bar:
-            task = bar.add_task(f"ingest {store_path.name}" + (f" rank 0 of {ranks}" if ranks > 1 else ""),
-                                total=plan.images_in(mine))
-            report = lambda n: bar.advance(task, n)  # noqa: E731
-            if comm is None:
-                work = lambda: _write_local(plan, mine, workers or _default_workers(), report)  # noqa: E731
-            else:
-                work = lambda: [_write_shard(plan, s, report) for s in mine]  # noqa: E731
-            _everywhere(comm, work)
         written = count - skipped
+        _write_unfinished(plan, done, comm, workers, progress, f"ingest {store_path.name}")
         _on_root(comm, lambda: _finish(plan, store_path, digest))
-    else:
-        written, skipped = 0, count
     if contact_sheet is not None:
-        _on_root(comm, lambda: write_contact_sheet_of(RenderStore.open(store_path), contact_sheet))
+        _on_root(comm, lambda: write_store_contact_sheet(RenderStore.open(store_path), contact_sheet))
     height, width = source.size
     return IngestResult(path=store_path, count=count, shards=-(-count // shard_size), written=written,
                         skipped=skipped, seconds=time.perf_counter() - started,
                         raw_bytes=count * height * width * 3, stored_bytes=_disk_usage(store_path))
+
+
+def _write_unfinished(plan: _Plan, done: set[int], comm, workers: int | None, progress: bool,
+                      label: str) -> None:
+    """Write the shards not `done`: all of them here, or under MPI this rank's share (shards
+    rank, rank + K, …), with a progress bar on rank 0."""
+    rank, ranks = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
+    mine = [s for s in range(rank, plan.shards, ranks) if s not in done]
+    with _progress_bar(progress and rank == 0) as bar:
+        task = bar.add_task(label + (f" (rank 0 of {ranks})" if ranks > 1 else ""), total=plan.images_in(mine))
+        report = functools.partial(bar.advance, task)
+        if comm is None:
+            _write_local(plan, mine, workers or _default_workers(), report)
+        else:
+            _everywhere(comm, lambda: [_write_shard(plan, shard, report) for shard in mine])
 
 
 def _default_workers() -> int:
@@ -407,9 +424,6 @@ def _on_root(comm, task: Callable):
 
 def _everywhere(comm, task: Callable) -> None:
     """Run `task` on every rank; if it fails anywhere, every rank raises that error."""
-    if comm is None:
-        task()
-        return
     outcome = _attempt(task)
     outcomes = comm.allgather(_shareable(outcome))
     if outcome[0] == "error":

@@ -6,7 +6,7 @@ All inputs are (B, C, H, W) in [0, 1]; losses are computed in float32 whatever t
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 from pytorch_msssim import ssim as _ssim
@@ -14,13 +14,6 @@ from pytorch_msssim import ssim as _ssim
 L1_WEIGHT = 0.7
 SSIM_WEIGHT = 0.3
 MAX_SSIM_WINDOW = 11
-
-
-class Loss(NamedTuple):
-    """The value to minimise and its detached components, for logging."""
-
-    total: torch.Tensor
-    terms: dict[str, torch.Tensor]
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -31,7 +24,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _ssim(x, y, data_range=1.0, win_size=window)
 
 
-def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor) -> Loss:
+def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """0.7·(mean|m̂ − m| + Σ|m·(ŷ − y)| / Σm) + 0.3·(1 − SSIM(ŷ, y)).
 
     output (B, 4, H, W) = RGB ŷ + mask m̂; rgb (B, 3, H, W); mask (B, 1, H, W) in {0, 1}.
@@ -42,31 +35,27 @@ def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor) -> L
     predicted_rgb, predicted_mask = output[:, :3], output[:, 3:4]
     mask_l1 = (predicted_mask - mask).abs().mean()
     rgb_l1 = (mask * (predicted_rgb - rgb)).abs().sum() / mask.sum().clamp_min(1)
-    similarity = ssim(predicted_rgb, rgb)
-    total = L1_WEIGHT * (mask_l1 + rgb_l1) + SSIM_WEIGHT * (1 - similarity)
-    return Loss(total, {"mask_l1": mask_l1.detach(), "rgb_l1": rgb_l1.detach(), "ssim": similarity.detach()})
+    return L1_WEIGHT * (mask_l1 + rgb_l1) + SSIM_WEIGHT * (1 - ssim(predicted_rgb, rgb))
 
 
-def nerv_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor | None = None) -> Loss:
+def nerv_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """0.7·mean|ŷ − y| + 0.3·(1 − SSIM(ŷ, y)) on the whole image (`mask` is ignored; it is
     accepted so that both losses are called alike)."""
     output, rgb = output.float(), rgb.float()
-    l1 = (output - rgb).abs().mean()
-    similarity = ssim(output, rgb)
-    total = L1_WEIGHT * l1 + SSIM_WEIGHT * (1 - similarity)
-    return Loss(total, {"l1": l1.detach(), "ssim": similarity.detach()})
+    return L1_WEIGHT * (output - rgb).abs().mean() + SSIM_WEIGHT * (1 - ssim(output, rgb))
 
 
-LOSSES: dict[str, Callable[..., Loss]] = {"nervi": nervi_loss, "nerv": nerv_loss}
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {"nervi": nervi_loss, "nerv": nerv_loss}
 
 
-def loss_for(arch: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Loss]:
+def loss_for(arch: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss of a ModelConfig.arch, called as loss(output, rgb, mask)."""
     return LOSSES[arch]
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB (float64) of each image (…, C, H, W) in [0, 1], shape (…); `.mean()` gives the
-    mean. Identical images give +inf."""
+def psnr(a: torch.Tensor, b: torch.Tensor, per_image: bool = False) -> torch.Tensor:
+    """PSNR in dB (float64) of images (…, C, H, W) in [0, 1]: the mean over images, or with
+    `per_image` one value per image, shape (…). Identical images give +inf."""
     mse = (a.double() - b.double()).pow(2).flatten(-3).mean(-1)
-    return 10 * torch.log10(1 / mse)
+    values = 10 * torch.log10(1 / mse)
+    return values if per_image else values.mean()

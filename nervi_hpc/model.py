@@ -16,19 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import build, check
 from .errors import ConfigError, ModelError
 
 MAX_FACTOR = 5          # largest PixelShuffle factor of one upscale block
 MAX_STEM_CELLS = 256    # h0·w0 at most: rb2's last layer has (c1·h0·w0)² weights
 EXAMPLE_SIZES = "e.g. 64×64, 256×256, 400×400, 1024×1024, 1920×1080"
-
-
-def _check(predicate, expected: str) -> dict:
-    """Field metadata in the format nervi_hpc.config.build() validates (`check` there).
-
-    Defined here rather than imported: config.py imports this module for the `model:` section.
-    """
-    return {"check": (predicate, expected)}
 
 
 def _positive_int(v) -> bool:
@@ -52,17 +45,17 @@ class ModelConfig:
     """
 
     arch: Literal["nervi", "nerv"] = "nervi"
-    c1: int = field(default=128, metadata=_check(_positive_int, "a positive integer"))
-    c2: int = field(default=1024, metadata=_check(_positive_int, "a positive integer"))
-    pe_levels: int = field(default=4, metadata=_check(lambda v: 0 <= v <= 32, "0..32"))
+    c1: int = field(default=128, metadata=check(_positive_int, "a positive integer"))
+    c2: int = field(default=1024, metadata=check(_positive_int, "a positive integer"))
+    pe_levels: int = field(default=4, metadata=check(lambda v: 0 <= v <= 32, "0..32"))
     pe_include_input: bool = False
-    omega0: float = field(default=30.0, metadata=_check(lambda v: v > 0, "a positive number"))
+    omega0: float = field(default=30.0, metadata=check(lambda v: v > 0, "a positive number"))
     norm: Literal["batch", "none"] = "batch"
-    channel_decay: float = field(default=2.0, metadata=_check(lambda v: v >= 1, "a number ≥ 1"))
-    min_channels: int = field(default=1, metadata=_check(_positive_int, "a positive integer"))
-    stem: tuple[int, int] | None = field(default=None, metadata=_check(_pair_or_none, "[h0, w0], each ≥ 1"))
+    channel_decay: float = field(default=2.0, metadata=check(lambda v: v >= 1, "a number ≥ 1"))
+    min_channels: int = field(default=1, metadata=check(_positive_int, "a positive integer"))
+    stem: tuple[int, int] | None = field(default=None, metadata=check(_pair_or_none, "[h0, w0], each ≥ 1"))
     upscale: tuple[int, ...] | None = field(default=None,
-                                            metadata=_check(_factors_or_none, f"factors in 2..{MAX_FACTOR}"))
+                                            metadata=check(_factors_or_none, f"factors in 2..{MAX_FACTOR}"))
 
     def __post_init__(self):
         for name in ("stem", "upscale"):  # lists from callers become tuples: hashable, comparable
@@ -93,8 +86,6 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, raw: Any) -> "ModelConfig":
         """The inverse of to_dict; unknown keys and bad values raise ModelError naming them."""
-        from .config import build  # deferred: config.py imports this module
-
         try:
             return build(cls, raw, "model")
         except ConfigError as e:
@@ -105,13 +96,28 @@ PRESETS = {
     "paper": ModelConfig(),
     "nerv": ModelConfig(arch="nerv"),
 }
+DEFAULT_PRESET = "paper"
 
 
 def preset(name: str, height: int, width: int) -> ModelConfig:
     """A named configuration resolved for height × width: `paper` (exactly the paper) or `nerv`."""
-    if name not in PRESETS:
-        raise ModelError(f"unknown model preset {name!r} (presets: {', '.join(PRESETS)})")
-    return PRESETS[name].resolved(height, width)
+    return model_config({"preset": name}, height, width)
+
+
+def model_config(section: dict[str, Any], height: int, width: int) -> ModelConfig:
+    """The `model:` section of dataset.yaml, resolved for height × width.
+
+    `preset` (default `paper`) names the base; any other key overrides that ModelConfig field.
+    """
+    valid = ["preset"] + [f.name for f in dataclasses.fields(ModelConfig)]
+    for key in section:
+        if key not in valid:
+            raise ModelError(f"model.{key}: unknown key {key!r} (valid: {', '.join(valid)})")
+    name = section.get("preset", DEFAULT_PRESET)
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ModelError(f"model.preset: unknown preset {name!r} (presets: {', '.join(PRESETS)})")
+    overrides = {k: v for k, v in section.items() if k != "preset"}
+    return ModelConfig.from_dict({**PRESETS[name].to_dict(), **overrides}).resolved(height, width)
 
 
 # ----------------------------------------------------------------------------------------------

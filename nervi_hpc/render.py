@@ -22,6 +22,7 @@ CAMERA_DISTANCE = 3.6
 HALF_FOV = math.asin(math.sqrt(3.0) / CAMERA_DISTANCE) + math.radians(1.0)
 BLOCK = 16  # samples per ray taken together before finished rays drop out
 MAX_RAYS = 1 << 17  # rays marched together; bounds memory to a few hundred MB whatever the image size
+CELL_VOXELS = 4  # side of the coarse cells that empty-space skipping steps over
 REFERENCE_STEP = 2.0 / 128  # the ray length that transfer-function opacities are given for
 
 
@@ -70,8 +71,7 @@ def render_isosurface(volume: torch.Tensor, theta: Sequence[float], phi: Sequenc
 
     Returns RGB (V, H, W, 3) and alpha (V, H, W), float32 in [0, 1]; alpha is 1 where a ray hits.
     """
-    region = _region_at_least(volume, surface.isovalue)
-    return _render(volume, theta, phi, size, region, samples_per_voxel, max_rays,
+    return _render(volume, theta, phi, size, surface.isovalue, samples_per_voxel, max_rays,
                    lambda *ray: _cast_isosurface(volume, surface, *ray))
 
 
@@ -82,34 +82,41 @@ def render_volume(volume: torch.Tensor, theta: Sequence[float], phi: Sequence[fl
 
     Returns straight RGB (V, H, W, 3) and alpha = accumulated opacity (V, H, W), float32 in [0, 1].
     """
-    table = torch.from_numpy(transfer.table()).to(volume.device)
-    region = _region_at_least(volume, transfer.lowest_visible())
-    return _render(volume, theta, phi, size, region, samples_per_voxel, max_rays,
+    table = transfer.table(4096)
+    extinction = -np.log1p(-np.minimum(table[:, 3], 1 - 1e-6)) / REFERENCE_STEP  # per unit length
+    table = torch.from_numpy(np.concatenate([table[:, :3], extinction[:, None]], axis=1)).to(volume.device)
+    return _render(volume, theta, phi, size, transfer.lowest_visible(), samples_per_voxel, max_rays,
                    lambda *ray: _cast_volume(volume, table, *ray))
 
 
-def camera_rays(theta: Sequence[float], phi: Sequence[float], size: tuple[int, int],
-                device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Camera positions (V, 3) and unit ray directions (V, H, W, 3) for views (theta[i], phi[i]).
+def camera_frames(theta: Sequence[float], phi: Sequence[float]) -> torch.Tensor:
+    """Camera frames (V, 3, 3) float64 for views (theta[i], phi[i]): rows are the unit vector from
+    the origin to the camera, the image's right and the image's up.
 
-    The image's up vector is -d(position)/d(theta) and its right vector d(position)/d(phi) made
-    unit, so the frame stays well defined at the poles (theta = 0 and 180).
+    Right is d(position)/d(phi) and up -d(position)/d(theta), made unit, so the frame stays well
+    defined at the poles (theta = 0 and 180).
     """
     theta_rad = torch.deg2rad(torch.as_tensor(theta, dtype=torch.float64))
     phi_rad = torch.deg2rad(torch.as_tensor(phi, dtype=torch.float64))
     st, ct, sp, cp = theta_rad.sin(), theta_rad.cos(), phi_rad.sin(), phi_rad.cos()
-    backward = torch.stack([st * cp, st * sp, ct], dim=1)  # unit vector from origin to camera
+    backward = torch.stack([st * cp, st * sp, ct], dim=1)
     right = torch.stack([-sp, cp, torch.zeros_like(sp)], dim=1)
     up = torch.stack([-ct * cp, -ct * sp, st], dim=1)
+    return torch.stack([backward, right, up], dim=1)
+
+
+def camera_rays(frames: torch.Tensor, size: tuple[int, int], rays: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Origins and unit directions (R, 3) of rays numbered `rays` (view-major, then row, column)."""
     h, w = size
+    frames = frames.to(rays.device, torch.float32)
+    view, pixel = rays // (h * w), rays % (h * w)
     scale = math.tan(HALF_FOV) / (min(h, w) / 2)
-    u = (torch.arange(w, dtype=torch.float64) + 0.5 - w / 2) * scale
-    v = (h / 2 - torch.arange(h, dtype=torch.float64) - 0.5) * scale
-    directions = (-backward[:, None, None, :] + u[None, None, :, None] * right[:, None, None, :]
-                  + v[None, :, None, None] * up[:, None, None, :])
-    directions = directions / directions.norm(dim=-1, keepdim=True)
-    return ((CAMERA_DISTANCE * backward).to(device, torch.float32),
-            directions.to(device, torch.float32))
+    u = ((pixel % w).float() + 0.5 - w / 2) * scale
+    v = (h / 2 - (pixel // w).float() - 0.5) * scale
+    backward, right, up = frames[view].unbind(1)
+    direction = F.normalize(-backward + u[:, None] * right + v[:, None] * up, dim=1)
+    return CAMERA_DISTANCE * backward, direction
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,8 +125,9 @@ def camera_rays(theta: Sequence[float], phi: Sequence[float], size: tuple[int, i
 RayCaster = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-def _render(volume, theta, phi, size, region, samples_per_voxel, max_rays, cast: RayCaster):
-    """Cast every ray of every view through `region` (the box worth marching), chunk by chunk."""
+def _render(volume, theta, phi, size, threshold, samples_per_voxel, max_rays, cast: RayCaster):
+    """Cast every ray of every view, chunk by chunk, over the stretch where it may meet values
+    >= threshold (nothing below it can be seen)."""
     if volume.dim() != 3:
         raise ValueError(f"volume must be (D, H, W), got shape {tuple(volume.shape)}")
     if len(theta) != len(phi):
@@ -129,17 +137,20 @@ def _render(volume, theta, phi, size, region, samples_per_voxel, max_rays, cast:
     views = len(theta)
     rgb = torch.zeros(views * h * w, 3, device=device)
     alpha = torch.zeros(views * h * w, device=device)
+    region = _region_at_least(volume, threshold)
     if region is None or views == 0:
         return rgb.view(views, h, w, 3), alpha.view(views, h, w)
-    positions, directions = camera_rays(theta, phi, size, device)
-    directions = directions.reshape(-1, 3)
+    occupancy, cell = _coarse_occupancy(volume, threshold)
+    frames = camera_frames(theta, phi)
     step = 2.0 / (max(volume.shape) - 1) / samples_per_voxel
-    for start in range(0, len(directions), max_rays):
-        rays = slice(start, start + max_rays)
-        ray_dir = directions[rays]
-        ray_origin = positions[torch.arange(start, start + len(ray_dir), device=device) // (h * w)]
+    for start in range(0, views * h * w, max_rays):
+        rays = torch.arange(start, min(start + max_rays, views * h * w), device=device)
+        ray_origin, ray_dir = camera_rays(frames, size, rays)
         t_near, t_far, entry_normal = _intersect_box(ray_origin, ray_dir, *region)
         hit = torch.nonzero(t_far > t_near).squeeze(1)
+        t_near[hit], t_far[hit] = _occupied_span(occupancy, cell, ray_origin[hit], ray_dir[hit],
+                                                 t_near[hit], t_far[hit])
+        hit = torch.nonzero(t_far >= t_near).squeeze(1)
         if len(hit):
             rgb_hit, alpha_hit = cast(ray_origin[hit], ray_dir[hit], t_near[hit], t_far[hit],
                                       entry_normal[hit], step)
@@ -150,7 +161,7 @@ def _render(volume, theta, phi, size, region, samples_per_voxel, max_rays, cast:
 
 def _region_at_least(volume: torch.Tensor, threshold: float):
     """The box (lo, hi) in world coordinates around all voxels >= threshold, one voxel wider,
-    or None when there are none (empty-space skipping for the march)."""
+    or None when there are none."""
     lo, hi = [], []
     for axis in (2, 1, 0):  # world x, y, z are the tensor's W, H, D axes
         others = tuple(a for a in range(3) if a != axis)
@@ -162,6 +173,42 @@ def _region_at_least(volume: torch.Tensor, threshold: float):
         lo.append(2.0 * first / (n - 1) - 1.0)
         hi.append(2.0 * last / (n - 1) - 1.0)
     return torch.tensor(lo, device=volume.device), torch.tensor(hi, device=volume.device)
+
+
+def _coarse_occupancy(volume: torch.Tensor, threshold: float) -> tuple[torch.Tensor, float]:
+    """A coarse grid of nodes CELL_VOXELS apart, 1 where a voxel >= threshold lies within a cell
+    (plus one voxel) around the node, else 0; and the smallest cell side in world units.
+
+    Sampled trilinearly, this grid is 1 in every cell holding such a voxel and > 0 in the cells
+    around it; a march with steps of one cell therefore finds every such place.
+    """
+    grid = volume
+    for axis in range(3):
+        n = volume.shape[axis]
+        nodes = max(1, math.ceil((n - 1) / CELL_VOXELS)) + 1
+        per_cell = (n - 1) / (nodes - 1)
+        reach = [(max(math.floor((k - 1) * per_cell) - 1, 0), min(math.ceil((k + 1) * per_cell) + 1, n - 1))
+                 for k in range(nodes)]
+        grid = torch.stack([grid.narrow(axis, lo, hi - lo + 1).amax(dim=axis) for lo, hi in reach], dim=axis)
+    cell = 2.0 / (max(grid.shape) - 1)
+    return (grid >= threshold).to(volume.dtype), cell
+
+
+def _occupied_span(occupancy, cell, origin, direction, t_near, t_far):
+    """Each ray's [t_near, t_far] narrowed to where the coarse occupancy is not 0, one cell wider
+    (empty on rays that meet none: t_far < t_near)."""
+    entry = _sample(occupancy, origin + t_near[:, None] * direction) > 0
+    first = torch.where(entry, t_near, torch.full_like(t_near, math.inf))
+    last = torch.where(entry, t_near, torch.full_like(t_near, -math.inf))
+
+    def visit(rays, ts, values, lengths):
+        seen = values > 0
+        first[rays] = torch.minimum(first[rays], torch.where(seen, ts, math.inf).amin(dim=1))
+        last[rays] = torch.maximum(last[rays], torch.where(seen, ts, -math.inf).amax(dim=1))
+        return torch.zeros(len(rays), dtype=torch.bool, device=rays.device)
+
+    _march(occupancy, origin, direction, t_near, t_far, cell, visit)
+    return torch.maximum(t_near, first - cell), torch.minimum(t_far, last + cell)
 
 
 def _intersect_box(origin, direction, lo, hi):
@@ -288,22 +335,23 @@ def _phong(surface: Surface, normals, direction):
 
 
 def _cast_volume(volume, table, origin, direction, t_near, t_far, entry_normal, step):
-    """Front-to-back compositing; rays stop once they are (nearly) opaque."""
+    """Front-to-back compositing; rays stop once they are (nearly) opaque.
+
+    `table` (entries, 4) holds colour and extinction per unit length for equally spaced values;
+    a sample standing for a ray length l then has opacity 1 - exp(-extinction·l).
+    """
     n = len(origin)
     color = torch.zeros(n, 3, device=origin.device)
     transmittance = torch.ones(n, device=origin.device)
     top = len(table) - 1
 
     def visit(rays, ts, values, lengths):
-        position = values.clamp(0.0, 1.0) * top
-        low = position.floor().long().clamp(max=top - 1)
-        frac = (position - low)[..., None]
-        rgba = table[low] * (1 - frac) + table[low + 1] * frac
-        opacity = 1.0 - (1.0 - rgba[..., 3].clamp(max=1.0)) ** (lengths / REFERENCE_STEP)
-        passing = torch.cumprod(1.0 - opacity, dim=1)
+        entry = table[(values.clamp(0.0, 1.0) * top + 0.5).long()]
+        depth = entry[..., 3] * lengths  # optical depth of each sample's stretch of ray
+        passing = torch.exp(-torch.cumsum(depth, dim=1))
         before = torch.cat([torch.ones_like(passing[:, :1]), passing[:, :-1]], dim=1)
-        weight = transmittance[rays, None] * before * opacity
-        color[rays] += (weight[..., None] * rgba[..., :3]).sum(dim=1)
+        weight = transmittance[rays, None] * before * -torch.expm1(-depth)
+        color[rays] += torch.bmm(weight[:, None, :], entry[..., :3]).squeeze(1)
         transmittance[rays] *= passing[:, -1]
         return transmittance[rays] < 1e-3
 

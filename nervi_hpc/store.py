@@ -37,7 +37,9 @@ def partial_path(path: str | os.PathLike) -> Path:
 
 
 def _compressor() -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+    # Measured on render-like 1024² images: level 3 compresses as fast as PNG decodes, ~28× (level
+    # 5: 1.5× slower, ~34×); bitshuffle halves the ratio of interleaved RGB.
+    return BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle")
 
 
 def create_arrays(path: Path, params: np.ndarray, height: int, width: int, shard_size: int) -> None:
@@ -58,8 +60,9 @@ def write_shard(path: Path, start: int, images: np.ndarray, masks: np.ndarray) -
     """Write whole shards of images and masks starting at image `start` (shard-aligned)."""
     group = zarr.open_group(str(path), mode="r+")
     stop = start + len(images)
-    group["images"][start:stop] = images
-    group["masks"][start:stop] = masks
+    with zarr.config.set({"array.write_empty_chunks": True}):  # skips a scan of every chunk: ~30% faster
+        group["images"][start:stop] = images
+        group["masks"][start:stop] = masks
 
 
 def finish_attrs(path: Path, attrs: dict) -> None:
@@ -190,8 +193,10 @@ class RenderStore:
     def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Images uint8 (n, H, W, 3) and masks uint8 (n, H, W) of `indices`, in the order asked.
 
-        Underneath, the distinct indices are read in ascending order one shard at a time, so a
-        parallel file system sees sequential reads of few files.
+        Underneath, the distinct indices are read in ascending order, each run of consecutive
+        indices within one shard as one slice, so a parallel file system sees sequential reads of
+        few files. (Zarr's integer-array indexing decodes far more than it returns: 20 images of a
+        341-image shard took 20× longer than 20 one-image slices.)
         """
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if indices.size and (indices.min() < 0 or indices.max() >= self.count):
@@ -200,11 +205,10 @@ class RenderStore:
         unique, inverse = np.unique(indices, return_inverse=True)
         images = np.empty((len(unique), self.height, self.width, 3), np.uint8)
         masks = np.empty((len(unique), self.height, self.width), np.uint8)
-        shards = unique // self.shard_size
-        bounds = np.flatnonzero(np.diff(shards)) + 1
-        for part in np.split(np.arange(len(unique)), bounds):
-            if part.size:
-                rows = unique[part]
-                images[part] = self._images.oindex[rows]
-                masks[part] = self._masks.oindex[rows]
+        breaks = (np.diff(unique) != 1) | (np.diff(unique // self.shard_size) != 0)
+        for run in np.split(np.arange(len(unique)), np.flatnonzero(breaks) + 1):
+            if run.size:
+                start, stop = unique[run[0]], unique[run[-1]] + 1
+                images[run[0]:run[-1] + 1] = self._images[start:stop]
+                masks[run[0]:run[-1] + 1] = self._masks[start:stop]
         return images[inverse], masks[inverse]

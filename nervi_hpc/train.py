@@ -10,6 +10,7 @@ if it had not stopped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -80,6 +81,7 @@ class TrainResult:
     psnr: float
     parameters: int
     stopped_early: bool
+    weights_digest: str  # sha256 of this rank's parameters: equal on every rank of a DDP run
 
     def summary(self) -> str:
         how = "stopped at the time limit" if self.stopped_early else "finished"
@@ -216,7 +218,14 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
         dist.barrier()
     return TrainResult(str(final or checkpoint.latest(paths.checkpoints)), epoch, step, trained_seconds,
                        images_seen / max(time.monotonic() - clock, 1e-9), loss_value, psnr_value,
-                       count_parameters(module), stopped)
+                       count_parameters(module), stopped, _digest(module))
+
+
+def _digest(module: torch.nn.Module) -> str:
+    sha = hashlib.sha256()
+    for tensor in module.state_dict().values():
+        sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()
 
 
 def _agree(values: list[float], env: Distributed) -> list[float]:

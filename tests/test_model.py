@@ -8,7 +8,8 @@ import torch
 
 from nervi_hpc.errors import ModelError
 from nervi_hpc.model import (MAX_FACTOR, MAX_STEM_CELLS, GeluLayer, ModelConfig, NeRVI, PositionalEncoding,
-                             SineLayer, composite, count_parameters, plan_upscale, preset, to_uint8)
+                             SineLayer, composite, count_parameters, model_config, plan_upscale, preset,
+                             to_uint8)
 
 TINY = ModelConfig(c1=8, c2=16, min_channels=4)
 
@@ -178,6 +179,18 @@ def test_config_round_trip_through_json():
     again = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config
     assert build(again, 48, 80, 2).config == config
+
+
+def test_model_section_is_a_preset_with_overrides():
+    assert model_config({}, 256, 256) == preset("paper", 256, 256)
+    config = model_config({"preset": "nerv", "c1": 8, "upscale": [2, 2]}, 64, 64)
+    assert (config.arch, config.c1, config.c2, config.stem, config.upscale) == ("nerv", 8, 1024, (16, 16), (2, 2))
+    with pytest.raises(ModelError, match=r"model.widths: unknown key 'widths' \(valid: preset, arch"):
+        model_config({"widths": [8]}, 64, 64)
+    with pytest.raises(ModelError, match="model.preset: unknown preset 'huge'"):
+        model_config({"preset": "huge"}, 64, 64)
+    with pytest.raises(ModelError, match="model.norm: bad value 'layer'"):
+        model_config({"norm": "layer"}, 64, 64)
 
 
 def test_from_dict_rejects_unknown_keys_and_bad_values():

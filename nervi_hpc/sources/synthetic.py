@@ -19,6 +19,7 @@ from ..render import Surface, TransferFunction, render_isosurface, render_volume
 from . import Source
 
 PIXELS_PER_BATCH = 1 << 20  # views rendered together: bounds the float output buffers (~16 MB)
+SLAB_VOXELS = 1 << 21  # voxels of a volume computed at once: bounds the temporaries (~16 MB each)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -37,30 +38,36 @@ def tornado_volume(resolution: int, t: float, seed: int = 0) -> torch.Tensor:
     at every time step. The formula switches `scale` with a hard step (its author's comment: "It
     produces a discontinuity"); here the step is a logistic ramp some four voxels wide, else the
     grid cannot sample it and the funnel's inner wall renders as voxel terraces. (`seed` is
-    unused: the field is deterministic.)
+    unused: the field is deterministic.) Built a slab of z at a time to bound memory.
     """
     time = TORNADO_TIME_PER_STEP * t
     axis = torch.linspace(0.0, 1.0, resolution, dtype=torch.float64)
-    z, y, x = axis[:, None, None], axis[None, :, None], axis[None, None, :]
-    x_center = 0.5 + 0.1 * torch.sin(0.04 * time + 10.0 * z)
-    y_center = 0.5 + 0.1 * torch.cos(0.03 * time + 3.0 * z)
-    radius = 0.1 + 0.4 * z * z + 0.1 * z * torch.sin(8.0 * z)
-    damping = 0.2 + 0.1 * z
-    distance = torch.sqrt((x - x_center) ** 2 + (y - y_center) ** 2)
-    off_ring = (radius - distance).abs()
-    far_from_ring = torch.sigmoid((off_ring - damping) * (0.5 * (resolution - 1)))
-    scale = far_from_ring * (0.8 - off_ring) + (1.0 - far_from_ring)
-    lift = (0.1 * (0.1 - distance * z)).clamp(min=0.0)
-    distance = torch.sqrt(distance * distance + lift * lift)
-    scale = (radius + damping - distance) * scale / (distance + 1e-11) / (1.0 + z)
-    vx = scale * (y - y_center) + 0.1 * (x - x_center)
-    vy = -scale * (x - x_center) + 0.1 * (y - y_center)
-    vz = scale * lift
-    magnitude = torch.sqrt(vx * vx + vy * vy + vz * vz) / TORNADO_PEAK
-    return magnitude.clamp(0.0, 1.0).to(torch.float32)
+    y, x = axis[:, None], axis[None, :]
+    volume = torch.empty(resolution, resolution, resolution, dtype=torch.float32)
+    slab = max(1, SLAB_VOXELS // (resolution * resolution))
+    for start in range(0, resolution, slab):
+        z = axis[start:start + slab, None, None]
+        x_center = 0.5 + 0.1 * torch.sin(0.04 * time + 10.0 * z)
+        y_center = 0.5 + 0.1 * torch.cos(0.03 * time + 3.0 * z)
+        radius = 0.1 + 0.4 * z * z + 0.1 * z * torch.sin(8.0 * z)
+        damping = 0.2 + 0.1 * z
+        distance = torch.sqrt((x - x_center) ** 2 + (y - y_center) ** 2)
+        off_ring = (radius - distance).abs()
+        far_from_ring = torch.sigmoid((off_ring - damping) * (0.5 * (resolution - 1)))
+        scale = far_from_ring * (0.8 - off_ring) + (1.0 - far_from_ring)
+        lift = (0.1 * (0.1 - distance * z)).clamp(min=0.0)
+        distance = torch.sqrt(distance * distance + lift * lift)
+        scale = (radius + damping - distance) * scale / (distance + 1e-11) / (1.0 + z)
+        vx = scale * (y - y_center) + 0.1 * (x - x_center)
+        vy = -scale * (x - x_center) + 0.1 * (y - y_center)
+        vz = scale * lift
+        magnitude = torch.sqrt(vx * vx + vy * vy + vz * vz) / TORNADO_PEAK
+        volume[start:start + slab] = magnitude.clamp(0.0, 1.0)
+    return volume
 
 
 BLOB_COUNT = 64
+BLOB_REACH = 4.0  # a blob is summed out to this many widths (exp(-8) beyond: negligible)
 
 
 def blobs_volume(resolution: int, t: float, seed: int = 0) -> torch.Tensor:
@@ -71,13 +78,18 @@ def blobs_volume(resolution: int, t: float, seed: int = 0) -> torch.Tensor:
     width = rng.uniform(0.035, 0.075, BLOB_COUNT)
     speed = rng.uniform(0.15, 0.4, (BLOB_COUNT, 3))  # radians per time step
     phase = rng.uniform(0.0, 2 * math.pi, (BLOB_COUNT, 3))
-    centers = torch.from_numpy(home + 0.1 * np.sin(speed * t + phase))
-    axis = torch.linspace(-1.0, 1.0, resolution, dtype=torch.float64)
-    field = torch.zeros(resolution, resolution, resolution, dtype=torch.float64)
-    for (cx, cy, cz), sigma in zip(centers.tolist(), width.tolist()):
-        gx, gy, gz = (torch.exp(-((axis - c) ** 2) / (2 * sigma * sigma)) for c in (cx, cy, cz))
-        field += gz[:, None, None] * gy[None, :, None] * gx[None, None, :]
-    return field.clamp(0.0, 1.0).to(torch.float32)
+    centers = home + 0.1 * np.sin(speed * t + phase)
+    axis = torch.linspace(-1.0, 1.0, resolution)
+    field = torch.zeros(resolution, resolution, resolution)
+    for center, sigma in zip(centers.tolist(), width.tolist()):
+        span = [(max(0, math.floor((c - BLOB_REACH * sigma + 1) / 2 * (resolution - 1))),
+                 min(resolution, math.ceil((c + BLOB_REACH * sigma + 1) / 2 * (resolution - 1)) + 1))
+                for c in center]
+        gx, gy, gz = (torch.exp(-((axis[lo:hi] - c) ** 2) / (2 * sigma * sigma))
+                      for c, (lo, hi) in zip(center, span))
+        (x0, x1), (y0, y1), (z0, z1) = span
+        field[z0:z1, y0:y1, x0:x1] += gz[:, None, None] * gy[None, :, None] * gx[None, None, :]
+    return field.clamp(0.0, 1.0)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,118 @@
+"""Post-training quantization of a state dict (the paper's eq. 3).
+
+Each floating-point tensor becomes integer symbols μ = round((w − min) / scale), clamped to
+[0, 2^b − 1], with scale = (max − min) / (2^b − 1); it dequantises as min + μ·scale. Tensors with
+≥ 2 dims get one (min, scale) pair per output channel (dim 0), all others one per tensor. Min and
+scale are float32, and quantization divides by exactly the float32 values that are stored, so
+the error per element is at most scale/2 (plus float32 rounding of the dequantised value).
+
+Integer and boolean buffers (BatchNorm's `num_batches_tracked`) play no part in inference and are
+dropped: `dequantize` returns only the floating-point tensors, to load with
+`model.load_state_dict(..., strict=False)`; `QuantizedModel.dropped` names what was left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import ModelError
+
+MIN_BITS, MAX_BITS = 2, 16
+DEFAULT_BITS = 9
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """One tensor as symbols: `minimum`/`scale` have one float32 entry per channel (or one)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    minimum: np.ndarray
+    scale: np.ndarray
+    symbols: np.ndarray
+
+    @property
+    def channels(self) -> int:
+        return channel_count(self.shape)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    """A quantised state dict: `tensors` keeps the state dict's order."""
+
+    bits: int
+    tensors: dict[str, QuantizedTensor]
+    dropped: tuple[str, ...] = field(default=())
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+    def bits_per_parameter(self, nbytes: int) -> float:
+        """Bits per quantised parameter when the model takes `nbytes` (e.g. the archive's size)."""
+        return 8.0 * nbytes / max(self.parameter_count, 1)
+
+
+def channel_count(shape: tuple[int, ...]) -> int:
+    """How many (min, scale) pairs a tensor of `shape` has: dim 0 for ≥ 2 dims, else one."""
+    return shape[0] if len(shape) >= 2 else 1
+
+
+def _as_rows(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The elements of a tensor of `shape` as one row per channel."""
+    channels = channel_count(shape)
+    return values.reshape(channels, values.size // channels if channels else 0)
+
+
+def quantize(state_dict: Mapping[str, torch.Tensor], bits: int = DEFAULT_BITS) -> QuantizedModel:
+    """Quantise every floating-point tensor of `state_dict` to `bits`-bit symbols."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ModelError(f"quantization bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+    tensors, dropped = {}, []
+    for name, tensor in state_dict.items():
+        if tensor.is_complex():
+            raise ModelError(f"cannot quantise complex tensor {name!r}")
+        if tensor.is_floating_point():
+            tensors[name] = _quantize_tensor(name, tensor, bits)
+        else:
+            dropped.append(name)
+    return QuantizedModel(bits=bits, tensors=tensors, dropped=tuple(dropped))
+
+
+def _quantize_tensor(name: str, tensor: torch.Tensor, bits: int) -> QuantizedTensor:
+    shape = tuple(tensor.shape)
+    rows = _as_rows(tensor.detach().cpu().to(torch.float64).numpy(), shape)
+    if not (np.abs(rows) <= np.finfo(np.float32).max).all():  # also false for NaN
+        raise ModelError(f"tensor {name!r} has non-finite values or values beyond float32; cannot quantise it")
+    levels = (1 << bits) - 1
+    if rows.shape[1] == 0:
+        low = high = np.zeros(rows.shape[0])
+    else:
+        low, high = rows.min(axis=1), rows.max(axis=1)
+    minimum = low.astype(np.float32)
+    scale = ((high - low) / levels).astype(np.float32)
+    divisor = np.where(scale > 0, scale, 1.0).astype(np.float64)[:, None]
+    symbols = np.rint((rows - minimum.astype(np.float64)[:, None]) / divisor)
+    symbols = np.clip(symbols, 0, levels).astype(np.uint16).reshape(-1)
+    return QuantizedTensor(shape=shape, dtype=str(tensor.dtype).removeprefix("torch."),
+                           minimum=minimum, scale=scale, symbols=symbols)
+
+
+def dequantize_tensor(q: QuantizedTensor) -> torch.Tensor:
+    """min + μ·scale in float32, shaped like the original tensor."""
+    rows = _as_rows(q.symbols, q.shape).astype(np.float32)
+    values = q.minimum[:, None] + rows * q.scale[:, None]
+    return torch.from_numpy(np.ascontiguousarray(values).reshape(q.shape))
+
+
+def dequantize(q: QuantizedModel) -> dict[str, torch.Tensor]:
+    """The float32 state dict of `q` (dropped integer buffers are absent: load with strict=False)."""
+    return {name: dequantize_tensor(t) for name, t in q.tensors.items()}

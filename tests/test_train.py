@@ -1,0 +1,111 @@
+"""Training: single process, 2-rank gloo DDP, checkpoints and resume."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from nervi_hpc import checkpoint
+from nervi_hpc.config import DatasetSpec, build, load_dataset
+from nervi_hpc.train import learning_rate, train
+
+TINY_MODEL = {"c1": 8, "c2": 16, "min_channels": 8, "norm": "none"}
+
+
+def spec(**train):
+    return build(DatasetSpec, {"name": "tiny", "source": {"kind": "synthetic"}, "model": TINY_MODEL,
+                               "train": {"loader_workers": 0, **train}})
+
+
+def weights(run_dir):
+    state, _ = checkpoint.load(checkpoint.latest(Path(run_dir) / "checkpoints"))
+    return state["model"]
+
+
+def assert_same_weights(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=1e-5, msg=name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_learning_rate_schedules():
+    cfg = spec(lr=1e-3, warmup=0.1, final_lr=0.0).train
+    assert learning_rate(cfg, 0.05) == pytest.approx(5e-4)
+    assert learning_rate(cfg, 0.1) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 0.55) == pytest.approx(5e-4)
+    assert learning_rate(cfg, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(spec(lr=2e-5, schedule="constant").train, 0.7) == 2e-5
+
+
+def test_training_writes_checkpoints_metrics_and_keeps_latest_k(tmp_path, make_store):
+    make_store(size=16)
+    result = train(tmp_path, spec(epochs=3, batch_size=4, checkpoint_minutes=1e-6, keep_latest_k=2),
+                   progress=False)
+    steps = checkpoint.complete_steps(tmp_path / "checkpoints")
+    assert [p.name for p in steps] == ["step-000011", "step-000012"]
+    assert result.steps == 12 and result.epochs == 3 and not result.stopped_early
+    state, config = checkpoint.load(steps[-1])
+    assert state["step"] == 12 and state["epoch"] == 3 and config["model"]["c1"] == 8
+    records = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "loss" in r and "event" not in r] == [1, 2, 3]
+    assert records[-1]["event"] == "done" and all(r["loss"] > 0 for r in records)
+
+
+def test_resume_after_a_kill_gives_the_same_weights_as_not_stopping(tmp_path, make_store):
+    """A real `nervi-hpc train` process killed mid-run, then resumed, ends where an unbroken run ends."""
+    settings = dict(epochs=6, batch_size=4, seed=5, checkpoint_minutes=1e-6, keep_latest_k=50)
+    for name in ("straight", "killed"):
+        run = tmp_path / name
+        make_store(f"{name}/renders.zarr", size=16)
+        (run / "dataset.yaml").write_text(yaml.safe_dump(
+            {"name": "tiny", "source": {"kind": "synthetic"}, "model": TINY_MODEL,
+             "train": {"loader_workers": 0, **settings}}))
+    train(tmp_path / "straight", load_dataset(tmp_path / "straight" / "dataset.yaml"), progress=False)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "nervi_hpc.cli", "train", str(run), "-q"])
+    deadline = time.monotonic() + 120
+    while len(checkpoint.complete_steps(run / "checkpoints")) < 7 and time.monotonic() < deadline:
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoint.load(checkpoint.latest(run / "checkpoints"))[0]["step"]
+    assert 7 <= killed_at < 24
+    result = train(run, load_dataset(run / "dataset.yaml"), progress=False)
+    assert result.steps == 24
+    assert_same_weights(weights(tmp_path / "straight"), weights(run))
+
+
+def _ddp_worker(rank, world, port, run_dir, out_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    result = train(run_dir, spec(epochs=2, batch_size=8, seed=1), progress=False)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"digest": result.weights_digest}))
+
+
+@pytest.mark.slow
+def test_two_rank_gloo_ddp_matches_a_single_process_with_the_same_global_batch(tmp_path, make_store):
+    make_store("ddp/renders.zarr", size=16)
+    make_store("single/renders.zarr", size=16)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path / "ddp"), str(tmp_path)), nprocs=2)
+    digests = [json.loads((tmp_path / f"rank{r}.json").read_text())["digest"] for r in range(2)]
+    assert digests[0] == digests[1]  # every rank holds the same parameters
+    train(tmp_path / "single", spec(epochs=2, batch_size=8, seed=1), progress=False)
+    assert_same_weights(weights(tmp_path / "ddp"), weights(tmp_path / "single"), atol=1e-5)
