@@ -28,13 +28,16 @@ def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor) -> t
     """0.7·(mean|m̂ − m| + Σ|m·(ŷ − y)| / Σm) + 0.3·(1 − SSIM(ŷ, y)).
 
     output (B, 4, H, W) = RGB ŷ + mask m̂; rgb (B, 3, H, W); mask (B, 1, H, W) in {0, 1}.
-    The masked term sums over the three channels and divides by the number of masked pixels;
-    it is 0 when no pixel is masked.
+    The masked term sums over the three channels and divides by the number of masked pixels of
+    each image (0 for an image with none), then averages over the batch: every term is a mean of
+    per-image losses, so a global batch split over DDP ranks gives the same gradient as one
+    process (the paper trains with one image per batch, where both readings agree).
     """
     output, rgb, mask = output.float(), rgb.float(), mask.float()
     predicted_rgb, predicted_mask = output[:, :3], output[:, 3:4]
     mask_l1 = (predicted_mask - mask).abs().mean()
-    rgb_l1 = (mask * (predicted_rgb - rgb)).abs().sum() / mask.sum().clamp_min(1)
+    per_image = (mask * (predicted_rgb - rgb)).abs().flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
+    rgb_l1 = per_image.mean()
     return L1_WEIGHT * (mask_l1 + rgb_l1) + SSIM_WEIGHT * (1 - ssim(predicted_rgb, rgb))
 
 

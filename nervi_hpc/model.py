@@ -198,7 +198,13 @@ def _split(total: int) -> tuple[int, ...] | None:
 
 
 class PositionalEncoding(nn.Module):
-    """Per input x in [-1, 1]: [x (optional)], sin(2^i·π·x), cos(2^i·π·x) for i < levels."""
+    """Per input x in [-1, 1]: [x (optional)], sin(2^i·π·u), cos(2^i·π·u) for i < levels, with
+    u = (x + 1)/2 ∈ [0, 1].
+
+    Encoding x itself with the lowest frequency π would alias the two ends of the range (at
+    x = ±1 every sin is 0 and every cos is (−1)^(2^i)): the first and last time step, or the
+    top and bottom views, would get the same code and the network could not tell them apart.
+    """
 
     def __init__(self, levels: int, include_input: bool):
         super().__init__()
@@ -208,7 +214,7 @@ class PositionalEncoding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frequencies = math.pi * 2.0 ** torch.arange(self.levels, device=x.device, dtype=x.dtype)
-        angles = x.unsqueeze(-1) * frequencies
+        angles = ((x.unsqueeze(-1) + 1) / 2) * frequencies
         parts = ([x.unsqueeze(-1)] if self.include_input else []) + [torch.sin(angles), torch.cos(angles)]
         return torch.cat(parts, dim=-1).flatten(-2)
 

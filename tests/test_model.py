@@ -130,11 +130,17 @@ def test_wrong_input_shape_is_a_model_error():
 
 
 def test_positional_encoding_values():
-    x = torch.tensor([[0.0, 0.5]])
+    x = torch.tensor([[-1.0, 0.0]])
     features = PositionalEncoding(levels=2, include_input=True)(x)
-    # per parameter: x, sin(πx), sin(2πx), cos(πx), cos(2πx)
-    expected = torch.tensor([[0.0, 0, 0, 1, 1, 0.5, 1, 0, 0, -1]])
+    # per parameter: x, sin(πu), sin(2πu), cos(πu), cos(2πu) with u = (x + 1) / 2
+    expected = torch.tensor([[-1.0, 0, 0, 1, 1, 0.0, 1, 0, 0, -1]])
     assert torch.allclose(features, expected, atol=1e-6)
+
+
+def test_positional_encoding_tells_the_ends_of_the_range_apart():
+    encoding = PositionalEncoding(levels=4, include_input=False)
+    ends = encoding(torch.tensor([[-1.0], [1.0]]))
+    assert (ends[0] - ends[1]).abs().max() > 1
 
 
 def test_siren_initialisation_bounds():

@@ -1,0 +1,505 @@
+"""Decode images from a `.nervi` archive: its metadata, the model it holds, batched inference.
+
+`ArchiveMeta` is the archive header's `meta` object (written by nervi_hpc.compress, validated here
+because a reader must trust nothing in a file it is handed). `Decoder.open(path)` reads the
+archive once, rebuilds the network in eval mode (BatchNorm uses its running statistics) and
+decodes parameter rows into uint8 images with the paper's inference rule: where the predicted
+mask m̂ > 0.5 the predicted colour, elsewhere the background. On CUDA it runs under bf16
+autocast in channels_last; on the CPU in float32.
+
+Parameter values inside the trained range but off the training grid are allowed (the paper's
+§4.5 interpolation) and reported as unseen; values outside the range raise ParameterError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import itertools
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .codec.archive import ArchiveInfo, read_archive
+from .data import normalize
+from .errors import ArchiveError, ConfigError, ModelError, NerviError
+from .imaging import write_png
+from .model import ModelConfig, NeRVI, composite, to_uint8
+from .sources import Source
+
+META_VERSION = 1
+MAX_SIDE = 16384            # image height/width an archive may declare
+MAX_PARAMETERS = 64
+MAX_IMAGES = 10_000_000     # images an archive may declare (its grid is materialised on demand)
+BATCH_PIXELS = 1 << 22      # default batch: about 4 M output pixels (4 images of 1024², 64 of 256²)
+MAX_BATCH = 256
+GRID_TOLERANCE = 1e-9       # relative: a value this close to a grid value is on the grid
+
+
+class ParameterError(NerviError, ValueError):
+    """Decode parameters that are missing, unknown, malformed or outside the trained range."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Archive metadata
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One input parameter: its trained range and its sorted training grid values."""
+
+    name: str
+    low: float
+    high: float
+    grid: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ArchiveMeta:
+    """What an archive says about its model and the collection it encodes.
+
+    `points` holds the training parameter rows only when they are not the full product of the
+    grids (e.g. a Cinema database with holes); otherwise the grid product is the training set.
+    `training` holds plain JSON figures (epochs, steps, seconds, loss, psnr, …), or None values.
+    """
+
+    model: ModelConfig
+    parameters: tuple[Parameter, ...]
+    height: int
+    width: int
+    background: tuple[int, int, int]
+    mode: str
+    count: int
+    bits: int
+    training: dict[str, Any] = field(default_factory=dict)
+    points: tuple[tuple[float, ...], ...] | None = None
+    source: str = ""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parameters)
+
+    @property
+    def ranges(self) -> list[tuple[float, float]]:
+        return [(p.low, p.high) for p in self.parameters]
+
+    def grid(self) -> np.ndarray:
+        """float64 (count, P): every training parameter row (the grid product, first name slowest)."""
+        if self.points is not None:
+            return np.array(self.points, dtype=np.float64).reshape(self.count, len(self.parameters))
+        return np.array(list(itertools.product(*(p.grid for p in self.parameters))),
+                        dtype=np.float64).reshape(self.count, len(self.parameters))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": {"meta_version": META_VERSION, "producer": f"nervi-hpc {__version__}"},
+            "model": self.model.to_dict(),
+            "parameters": [{"name": p.name, "range": [p.low, p.high], "grid": list(p.grid)}
+                           for p in self.parameters],
+            "points": None if self.points is None else [list(row) for row in self.points],
+            "image": {"height": self.height, "width": self.width, "background": list(self.background),
+                      "mode": self.mode, "count": self.count, "source": self.source},
+            "training": self.training,
+            "quantization": {"bits": self.bits},
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> ArchiveMeta:
+        """Validate an archive's `meta` object; ArchiveError naming the first bad field.
+        Keys this version does not know are ignored (a newer writer may add figures)."""
+        meta = _object(raw, "meta")
+        version = _object(meta.get("format"), "meta.format").get("meta_version")
+        if type(version) is not int or not 1 <= version <= META_VERSION:
+            raise ArchiveError(f"meta.format.meta_version {version!r} is not one this build reads "
+                               f"(1..{META_VERSION}); upgrade nervi-hpc")
+        try:
+            model = ModelConfig.from_dict(meta.get("model"))
+        except ModelError as e:
+            raise ArchiveError(f"meta.{e}") from None
+        image = _object(meta.get("image"), "meta.image")
+        height, width = (_integer(image.get(k), f"meta.image.{k}", 1, MAX_SIDE) for k in ("height", "width"))
+        count = _integer(image.get("count"), "meta.image.count", 1, MAX_IMAGES)
+        background = image.get("background")
+        if (not isinstance(background, list) or len(background) != 3
+                or not all(type(v) is int and 0 <= v <= 255 for v in background)):
+            raise ArchiveError(f"meta.image.background must be [r, g, b] in 0..255, got {background!r}")
+        mode, source = image.get("mode"), image.get("source", "")
+        if not isinstance(mode, str) or not isinstance(source, str):
+            raise ArchiveError("meta.image.mode and meta.image.source must be strings")
+        bits = _integer(_object(meta.get("quantization"), "meta.quantization").get("bits"),
+                        "meta.quantization.bits", 1, 64)
+        training = _object(meta.get("training"), "meta.training")
+        parameters = _parameters(meta.get("parameters"), count)
+        points = _points(meta.get("points"), parameters, count)
+        return cls(model=model, parameters=parameters, height=height, width=width,
+                   background=tuple(background), mode=mode, count=count, bits=bits,
+                   training=training, points=points, source=source)
+
+
+def _object(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ArchiveError(f"{where} must be an object")
+    return value
+
+
+def _integer(value, where: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise ArchiveError(f"{where} must be an integer in {low}..{high}, got {value!r}")
+    return value
+
+
+def _finite_numbers(values, where: str) -> tuple[float, ...]:
+    if not isinstance(values, list) or not all(type(v) in (int, float) and math.isfinite(v) for v in values):
+        raise ArchiveError(f"{where} must be a list of finite numbers")
+    return tuple(float(v) for v in values)
+
+
+def _parameters(raw, count: int) -> tuple[Parameter, ...]:
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_PARAMETERS:
+        raise ArchiveError(f"meta.parameters must be a list of 1..{MAX_PARAMETERS} parameters")
+    parameters = []
+    for i, entry in enumerate(raw):
+        where = f"meta.parameters[{i}]"
+        entry = _object(entry, where)
+        name = entry.get("name")
+        if not isinstance(name, str) or not name or name in (p.name for p in parameters):
+            raise ArchiveError(f"{where}.name must be a non-empty string, distinct from the others")
+        low_high = _finite_numbers(entry.get("range"), f"{where}.range")
+        grid = _finite_numbers(entry.get("grid"), f"{where}.grid")
+        if len(low_high) != 2 or low_high[0] > low_high[1]:
+            raise ArchiveError(f"{where}.range must be [low, high] with low ≤ high")
+        if (not 1 <= len(grid) <= count or any(a >= b for a, b in zip(grid, grid[1:]))
+                or grid[0] < low_high[0] or grid[-1] > low_high[1]):
+            raise ArchiveError(f"{where}.grid must be 1..{count} increasing values inside its range")
+        parameters.append(Parameter(name, *low_high, grid))
+    return tuple(parameters)
+
+
+def _points(raw, parameters: tuple[Parameter, ...], count: int) -> tuple[tuple[float, ...], ...] | None:
+    if raw is None:
+        product = math.prod(len(p.grid) for p in parameters)
+        if product != count:
+            raise ArchiveError(f"meta.image.count is {count} but the parameter grids hold {product} points "
+                               f"(and meta.points is absent)")
+        return None
+    if not isinstance(raw, list) or len(raw) != count:
+        raise ArchiveError(f"meta.points must be a list of {count} rows")
+    rows = tuple(_finite_numbers(row, "meta.points[…]") for row in raw)
+    if any(len(row) != len(parameters) for row in rows):
+        raise ArchiveError(f"meta.points rows must hold {len(parameters)} values")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+def build_model(meta: ArchiveMeta, state: Mapping[str, torch.Tensor]) -> NeRVI:
+    """The network of `meta` holding the weights of `state`, in eval mode on the CPU.
+
+    Every floating-point tensor of the network must be in `state` with its shape, and `state`
+    must hold nothing else (integer buffers such as BatchNorm's step counter are not needed for
+    inference and are zeroed). The check runs on a meta-device skeleton, so a forged config
+    allocates nothing before it fails.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = NeRVI(meta.model, meta.height, meta.width, len(meta.parameters))
+    except ModelError as e:
+        raise ArchiveError(f"the archive's model cannot be built: {e}") from None
+    needed = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if v.is_floating_point()}
+    given = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(needed) - set(given))
+    extra = sorted(set(given) - set(needed))
+    wrong = sorted(k for k in set(needed) & set(given) if needed[k] != given[k])
+    if missing or extra or wrong:
+        problems = [f"{label} {', '.join(names[:3])}{' …' if len(names) > 3 else ''}"
+                    for label, names in (("lacks", missing), ("has unknown tensors", extra),
+                                         ("has wrong shapes for", wrong)) if names]
+        raise ArchiveError(f"the weights do not fit the model: it {'; '.join(problems)}")
+    model = skeleton.to_empty(device="cpu")
+    model.load_state_dict(state, strict=False)
+    for name, buffer in model.named_buffers():
+        if name not in state:
+            buffer.zero_()
+    return model.eval()
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """`device`, or CUDA when present, else the CPU; ConfigError for a bad or absent device."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device: {device!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device: {device!r} asked for, but CUDA is not available here")
+    if chosen.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: {device!r} is not supported (use cpu or cuda)")
+    return chosen
+
+
+def default_batch_size(height: int, width: int) -> int:
+    """About BATCH_PIXELS output pixels per batch, 1..MAX_BATCH images."""
+    return max(1, min(MAX_BATCH, BATCH_PIXELS // (height * width)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding
+
+
+class Decoder:
+    """Decodes parameter rows of one archive into images, a batch at a time.
+
+    Build it with `Decoder.open(path)`; the constructor takes a model already built (for tests
+    and benchmarks that decode a model held in memory).
+    """
+
+    def __init__(self, model: NeRVI, meta: ArchiveMeta, *, device: str | torch.device | None = None,
+                 batch_size: int | None = None, info: ArchiveInfo | None = None):
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"--batch-size: must be a positive integer, got {batch_size}")
+        self.meta = meta
+        self.info = info
+        self.device = pick_device(device)
+        self.cuda = self.device.type == "cuda"
+        self.model = model.to(self.device).eval()
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.batch_size = batch_size or default_batch_size(meta.height, meta.width)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, device: str | torch.device | None = None,
+             batch_size: int | None = None) -> Decoder:
+        """Read the archive at `path` (once) and build its model; ArchiveError naming the file."""
+        raw, state, info = read_archive(path)
+        try:
+            meta = ArchiveMeta.from_json(raw)
+            if meta.bits != info.bits:
+                raise ArchiveError(f"meta says {meta.bits}-bit quantization, the codec {info.bits}")
+            model = build_model(meta, state)
+        except ArchiveError as e:
+            raise ArchiveError(f"{path}: {e}") from None
+        return cls(model, meta, device=device, batch_size=batch_size, info=info)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.meta.names
+
+    def grid(self) -> np.ndarray:
+        """float64 (count, P): the training parameter rows."""
+        return self.meta.grid()
+
+    def check(self, params: np.ndarray) -> np.ndarray:
+        """Validate (n, P) parameter rows; returns a bool per row: True where some value is off
+        the training grid (unseen, decoded by interpolation). ParameterError for a wrong shape,
+        a non-finite value or a value outside the trained range (naming parameter, value, range)."""
+        params = np.asarray(params, dtype=np.float64)
+        count = len(self.meta.parameters)
+        if params.ndim != 2 or params.shape[1] != count:
+            raise ParameterError(f"expected parameter rows of {count} values ({', '.join(self.names)}), "
+                                 f"got an array of shape {params.shape}")
+        unseen = np.zeros(len(params), dtype=bool)
+        for j, p in enumerate(self.meta.parameters):
+            column = params[:, j]
+            slack = GRID_TOLERANCE * max(p.high - p.low, abs(p.low), abs(p.high), 1.0)
+            bad = np.flatnonzero(~np.isfinite(column) | (column < p.low - slack) | (column > p.high + slack))
+            if bad.size:
+                row = bad[0]
+                where = f" (row {row})" if len(params) > 1 else ""
+                raise ParameterError(f"{p.name}={column[row]:g}{where} is outside the trained range "
+                                     f"[{p.low:g}, {p.high:g}]")
+            grid = np.asarray(p.grid)
+            above = np.searchsorted(grid, column).clip(0, len(grid) - 1)
+            below = (above - 1).clip(0, len(grid) - 1)
+            unseen |= np.minimum(np.abs(column - grid[below]), np.abs(column - grid[above])) > slack
+        return unseen
+
+    def describe(self, row: np.ndarray) -> str:
+        """`t=3 theta=45 phi=90` for a parameter row."""
+        return " ".join(f"{n}={_number(v)}" for n, v in zip(self.names, row))
+
+    def batches(self, params: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(first row, images uint8 (b, H, W, 3), masks uint8 (b, H, W) in {0, 1}) per batch of
+        checked `params`; the mask is the model's m̂ > 0.5 (non-background pixels for NeRV)."""
+        params = np.asarray(params, dtype=np.float64)
+        self.check(params)
+        inputs = torch.from_numpy(normalize(params, self.meta.ranges))
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
+        background = self.meta.background
+        for start in range(0, len(inputs), self.batch_size):
+            x = inputs[start:start + self.batch_size].to(self.device)
+            with torch.inference_mode(), autocast:
+                output = self.model(x).float()
+            images = to_uint8(composite(output, background))
+            if output.shape[1] == 4:
+                masks = (output[:, 3] > 0.5).to(torch.uint8)
+            else:
+                colour = torch.tensor(background, dtype=torch.uint8, device=images.device)
+                masks = (images != colour).any(dim=-1).to(torch.uint8)
+            yield start, images.cpu().numpy(), masks.cpu().numpy()
+
+    def decode_with_masks(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images uint8 (n, H, W, 3) and masks uint8 (n, H, W) of all `params` rows."""
+        params = np.asarray(params, dtype=np.float64)
+        n, h, w = len(params), self.meta.height, self.meta.width
+        images = np.empty((n, h, w, 3), np.uint8)
+        masks = np.empty((n, h, w), np.uint8)
+        for start, batch_images, batch_masks in self.batches(params):
+            images[start:start + len(batch_images)] = batch_images
+            masks[start:start + len(batch_masks)] = batch_masks
+        return images, masks
+
+    def decode(self, params: np.ndarray) -> np.ndarray:
+        """Images uint8 (n, H, W, 3) of (n, P) parameter rows."""
+        return self.decode_with_masks(params)[0]
+
+
+def _number(value: float) -> str:
+    """The shortest text that reads back as `value` (45.0 → "45", 0.1 → "0.1")."""
+    return np.format_float_positional(float(value), trim="-")
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter input
+
+
+def row_from_values(names: Sequence[str], values: Mapping[str, float], where: str = "") -> np.ndarray:
+    """A parameter row in `names` order from name → value; ParameterError for a missing or an
+    unknown name (`where` prefixes the message, e.g. a file and row)."""
+    prefix = f"{where}: " if where else ""
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise ParameterError(f"{prefix}unknown parameter {unknown[0]!r} "
+                             f"(the archive's parameters: {', '.join(names)})")
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise ParameterError(f"{prefix}missing parameter {missing[0]!r} "
+                             f"(the archive's parameters: {', '.join(names)})")
+    return np.array([values[n] for n in names], dtype=np.float64)
+
+
+def parse_assignments(names: Sequence[str], assignments: Sequence[str]) -> np.ndarray:
+    """One (1, P) row from `name=value` strings (the CLI's repeated --param)."""
+    values: dict[str, float] = {}
+    for text in assignments:
+        name, sep, value = text.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ParameterError(f"--param {text!r}: expected name=value, e.g. theta=45")
+        if name in values:
+            raise ParameterError(f"--param {name}: given twice")
+        values[name] = _parse_float(value, f"--param {name}")
+    return row_from_values(names, values)[None, :]
+
+
+def read_params_csv(path: str | os.PathLike, names: Sequence[str]) -> np.ndarray:
+    """(n, P) rows of a CSV file whose header names the parameters (any order)."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames:
+                raise ParameterError(f"{path}: empty file; expected a header row naming "
+                                     f"{', '.join(names)}")
+            rows = []
+            for record in reader:
+                where = f"{path}: line {reader.line_num}"
+                if None in record:
+                    raise ParameterError(f"{where}: more values than the header has columns")
+                rows.append(row_from_values(
+                    names, {k.strip(): _parse_float(v, f"{where} {k.strip()}") for k, v in record.items()}, where))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ParameterError(f"{path}: cannot read the parameter list ({e})") from None
+    if not rows:
+        raise ParameterError(f"{path}: no parameter rows after the header")
+    return np.stack(rows)
+
+
+def _parse_float(text, where: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{where}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ParameterError(f"{where}: {text!r} is not a finite number")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Output: PNG files or a renders store
+
+
+@dataclass
+class ArchiveSource(Source):
+    """Decoded images of an archive as a Source, so that nervi_hpc.ingest writes them as a
+    renders store (same schema, sharding, atomic finish). The mask is passed as alpha."""
+
+    decoder: Decoder = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, decoder: Decoder, params: np.ndarray, description: str) -> ArchiveSource:
+        meta = decoder.meta
+        return cls(names=meta.names, params=np.asarray(params, dtype=np.float64), size=(meta.height, meta.width),
+                   mode=meta.mode, background=meta.background, mask_tolerance=0, description=description,
+                   decoder=decoder)
+
+    def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        images, masks = self.decoder.decode_with_masks(self.params[list(indices)])
+        return images, masks * np.uint8(255)
+
+
+def png_name(names: Sequence[str], row: np.ndarray) -> str:
+    """`t3_theta45_phi90.png`: readable, and an image-folder pattern `t{t}_theta{theta}_phi{phi}.png`
+    reads the values back."""
+    return "_".join(f"{n}{_number(v)}" for n, v in zip(names, row)) + ".png"
+
+
+def write_outputs(decoder: Decoder, params: np.ndarray, out: str | os.PathLike, *,
+                  archive: str | os.PathLike = "", progress: bool = True) -> str:
+    """Decode `params` into `out`: a `.png` file (one row), a `.zarr` renders store, or else a
+    folder of PNGs named from the parameters. Returns a one-line account of what was written."""
+    out = Path(out)
+    params = np.asarray(params, dtype=np.float64)
+    if out.suffix == ".zarr":
+        from .ingest import ingest  # heavy (multiprocessing, rich): only for this output
+
+        source = ArchiveSource.of(decoder, params, f"decoded from {Path(archive).name or 'an archive'}")
+        result = ingest(source, out, workers=1, progress=progress)
+        return f"wrote {result.count} decoded images to the renders store {out}"
+    if out.suffix.lower() == ".png":
+        if len(params) != 1:
+            raise ParameterError(f"-o {out}: one PNG file holds one image, but {len(params)} were asked "
+                                 f"for; give a folder or a .zarr store")
+        write_png(out, decoder.decode(params)[0])
+        return f"wrote {out}"
+    names = [png_name(decoder.names, row) for row in params]
+    if len(set(names)) != len(names):
+        raise ParameterError(f"-o {out}: the parameter list repeats a row ({_first_repeat(names)})")
+    out.mkdir(parents=True, exist_ok=True)
+    with _progress(progress) as bar:
+        task = bar.add_task(f"decode → {out}", total=len(params))
+        for start, images, _ in decoder.batches(params):
+            for k, image in enumerate(images):
+                write_png(out / names[start + k], image)
+            bar.advance(task, len(images))
+    return f"wrote {len(params)} PNG images to {out}"
+
+
+def _first_repeat(names: list[str]) -> str:
+    seen = set()
+    return next(n for n in names if n in seen or seen.add(n))
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
