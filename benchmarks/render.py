@@ -5,8 +5,8 @@
 
 Views are spread over the sphere (poles included); the volume is built once per scene, outside
 the timing. "cpu s/img" is process CPU time (all threads), steadier than wall time on a shared
-machine. Peak memory is the CUDA allocator's peak, or on CPU (Linux) the process's peak resident
-size during the renders, reset before each.
+machine. "peak MB" is the CUDA allocator's peak, or on CPU (Linux) how far the process's peak
+resident size rose above its resident size before the renders.
 """
 
 from __future__ import annotations
@@ -30,20 +30,26 @@ def views(count: int) -> tuple[list[float], list[float]]:
     return theta.tolist(), phi.tolist()
 
 
-def reset_peak(device: torch.device) -> None:
+def resident_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process, from /proc (Linux)."""
+    return int(Path("/proc/self/status").read_text().split(f"{field}:")[1].split()[0]) / 1024
+
+
+def reset_peak(device: torch.device) -> float:
+    """Start measuring peak memory; returns the baseline to subtract."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return 0.0
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    return resident_mb("VmRSS")
 
 
 def peak_mb(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) / 2**20
-    status = Path("/proc/self/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+    return resident_mb("VmHWM")
 
 
 def measure(name: str, mode: str, size: int, count: int, resolution: int, device: torch.device):
@@ -57,10 +63,10 @@ def measure(name: str, mode: str, size: int, count: int, resolution: int, device
         return render_volume(volume, th, ph, (size, size), scene.transfer)
 
     render(theta[:1], phi[:1])  # warm-up
-    reset_peak(device)
+    baseline = reset_peak(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     _, alpha = render(theta, phi)
-    peak = peak_mb(device)  # synchronises CUDA
+    peak = peak_mb(device) - baseline  # synchronises CUDA
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return count / seconds, cpu_seconds / count, peak, float((alpha > 0).float().mean())
 

@@ -70,6 +70,46 @@ def cmd_train(args) -> None:
     print(result.summary())
 
 
+def cmd_decode(args) -> None:
+    from .decode import (Decoder, ParameterError, parse_assignments, read_params_csv, unseen_notes,
+                         write_outputs)
+
+    chosen = [flag for flag, given in (("--param", args.param), ("--params-file", args.params_file),
+                                       ("--all", args.all)) if given]
+    if len(chosen) != 1:
+        raise ParameterError("give exactly one of --param (repeated), --params-file or --all"
+                             + (f", not {' and '.join(chosen)}" if chosen else ""))
+    decoder = Decoder.open(args.archive, device=args.device, batch_size=args.batch_size)
+    if args.all:
+        params = decoder.grid()
+    elif args.params_file:
+        params = read_params_csv(args.params_file, decoder.names)
+    else:
+        params = parse_assignments(decoder.names, args.param)
+    for note in unseen_notes(decoder, params):
+        print(f"note: {note}", file=sys.stderr)
+    print(write_outputs(decoder, params, args.output, archive=args.archive, progress=not args.quiet))
+
+
+def cmd_eval(args) -> None:
+    from .evaluate import default_eval_dir, evaluate
+
+    out = args.output or default_eval_dir(args.archive)
+    result = evaluate(args.archive, args.store, out, device=args.device, batch_size=args.batch_size,
+                      progress=not args.quiet)
+    print(result.summary())
+
+
+def cmd_compress(args) -> None:
+    from .compress import compress
+
+    result = compress(args.run_dir, bits=args.bits, name=args.name, evaluate=not args.no_eval,
+                      device=args.device, progress=not args.quiet)
+    print(result.summary())
+    if result.evaluation is not None:
+        print(result.evaluation.summary())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nervi-hpc", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -98,6 +138,38 @@ def build_parser() -> argparse.ArgumentParser:
                    "the lr schedule is fitted to the budget")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_train)
+
+    p = verbs.add_parser("decode", help="decode images from a .nervi archive (one, a list, or the whole grid)")
+    p.add_argument("archive", help="the .nervi archive")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="a parameter value of a single image; repeat it for each parameter (e.g. --param theta=45)")
+    p.add_argument("--params-file", help="CSV whose header names the parameters, one image per row")
+    p.add_argument("--all", action="store_true", help="every image of the training grid")
+    p.add_argument("-o", "--output", required=True,
+                   help="IMG.png (one image), OUT.zarr (a renders store) or a folder (PNGs named by parameters)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: about 4 M pixels)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_decode)
+
+    p = verbs.add_parser("eval", help="decode every image of a store from an archive; report quality, size, speed")
+    p.add_argument("archive", help="the .nervi archive")
+    p.add_argument("--store", required=True, help="the renders.zarr the archive was trained on")
+    p.add_argument("-o", "--output",
+                   help="report folder (default: RUN/eval/ for RUN/archive/X.nervi, else X-eval/ beside X)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: about 4 M pixels)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_eval)
+
+    p = verbs.add_parser("compress", help="latest checkpoint of RUN_DIR → archive/<name>.nervi → eval/")
+    p.add_argument("run_dir", help="run folder holding checkpoints/ and renders.zarr")
+    p.add_argument("--bits", type=int, default=9, help="quantization bits (default 9)")
+    p.add_argument("--name", help="archive name (default: the dataset's name)")
+    p.add_argument("--no-eval", action="store_true", help="write the archive only")
+    p.add_argument("--device", help="evaluation device: cpu, cuda or cuda:N (default: CUDA when present)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_compress)
     return parser
 
 

@@ -147,6 +147,7 @@ class TrainSpec:
                                                                 "a positive global batch size"))
     lr: float = field(default=5e-4, metadata=check(_positive, "a positive learning rate"))
     schedule: Literal["cosine", "constant"] = "cosine"
+    mask_loss: Literal["l1", "bce"] = "l1"
     warmup: float = field(default=0.05, metadata=check(lambda v: 0 <= v < 1, "a fraction in [0, 1)"))
     final_lr: float = field(default=0.01, metadata=check(lambda v: 0 <= v <= 1, "a fraction of lr in [0, 1]"))
     seed: int = 0

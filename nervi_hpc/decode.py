@@ -204,20 +204,21 @@ def build_model(meta: ArchiveMeta, state: Mapping[str, torch.Tensor]) -> NeRVI:
     """The network of `meta` holding the weights of `state`, in eval mode on the CPU.
 
     Every floating-point tensor of the network must be in `state` with its shape, and `state`
-    must hold nothing else (integer buffers such as BatchNorm's step counter are not needed for
-    inference and are zeroed). The check runs on a meta-device skeleton, so a forged config
-    allocates nothing before it fails.
+    must hold nothing the network lacks. Integer buffers (BatchNorm's step counter, which archives
+    drop) are optional: inference does not read them, and absent ones are zeroed. The check runs on
+    a meta-device skeleton, so a forged config allocates nothing before it fails.
     """
     try:
         with torch.device("meta"):
             skeleton = NeRVI(meta.model, meta.height, meta.width, len(meta.parameters))
     except ModelError as e:
         raise ArchiveError(f"the archive's model cannot be built: {e}") from None
-    needed = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if v.is_floating_point()}
+    known = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    needed = {k for k, v in skeleton.state_dict().items() if v.is_floating_point()}
     given = {k: tuple(v.shape) for k, v in state.items()}
-    missing = sorted(set(needed) - set(given))
-    extra = sorted(set(given) - set(needed))
-    wrong = sorted(k for k in set(needed) & set(given) if needed[k] != given[k])
+    missing = sorted(needed - set(given))
+    extra = sorted(set(given) - set(known))
+    wrong = sorted(k for k in set(known) & set(given) if known[k] != given[k])
     if missing or extra or wrong:
         problems = [f"{label} {', '.join(names[:3])}{' …' if len(names) > 3 else ''}"
                     for label, names in (("lacks", missing), ("has unknown tensors", extra),
@@ -241,6 +242,8 @@ def pick_device(device: str | torch.device | None) -> torch.device:
         raise ConfigError(f"--device: {device!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device: {device!r} asked for, but CUDA is not available here")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device: {device!r} asked for, but there are {torch.cuda.device_count()} GPU(s)")
     if chosen.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device: {device!r} is not supported (use cpu or cuda)")
     return chosen
@@ -293,6 +296,11 @@ class Decoder:
     def names(self) -> tuple[str, ...]:
         return self.meta.names
 
+    @property
+    def precision(self) -> str:
+        """The arithmetic of inference: bf16 autocast on CUDA, float32 on the CPU."""
+        return "bfloat16 autocast" if self.cuda else "float32"
+
     def grid(self) -> np.ndarray:
         """float64 (count, P): the training parameter rows."""
         return self.meta.grid()
@@ -313,7 +321,7 @@ class Decoder:
             bad = np.flatnonzero(~np.isfinite(column) | (column < p.low - slack) | (column > p.high + slack))
             if bad.size:
                 row = bad[0]
-                where = f" (row {row})" if len(params) > 1 else ""
+                where = f" (row {row + 1} of {len(params)})" if len(params) > 1 else ""
                 raise ParameterError(f"{p.name}={column[row]:g}{where} is outside the trained range "
                                      f"[{p.low:g}, {p.high:g}]")
             grid = np.asarray(p.grid)
@@ -360,6 +368,16 @@ class Decoder:
     def decode(self, params: np.ndarray) -> np.ndarray:
         """Images uint8 (n, H, W, 3) of (n, P) parameter rows."""
         return self.decode_with_masks(params)[0]
+
+
+def unseen_notes(decoder: Decoder, params: np.ndarray, limit: int = 5) -> list[str]:
+    """One line per row off the training grid (at most `limit`, then a count of the rest)."""
+    unseen = decoder.check(params).nonzero()[0]
+    notes = [f"{decoder.describe(params[row])} is off the training grid (unseen): decoded by interpolation"
+             for row in unseen[:limit]]
+    if len(unseen) > limit:
+        notes.append(f"{len(unseen) - limit} more rows are off the training grid")
+    return notes
 
 
 def _number(value: float) -> str:
@@ -483,7 +501,7 @@ def write_outputs(decoder: Decoder, params: np.ndarray, out: str | os.PathLike, 
     if len(set(names)) != len(names):
         raise ParameterError(f"-o {out}: the parameter list repeats a row ({_first_repeat(names)})")
     out.mkdir(parents=True, exist_ok=True)
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(f"decode → {out}", total=len(params))
         for start, images, _ in decoder.batches(params):
             for k, image in enumerate(images):
@@ -497,7 +515,8 @@ def _first_repeat(names: list[str]) -> str:
     return next(n for n in names if n in seen or seen.add(n))
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool):
+    """A rich progress bar on stderr (images done of total, time left); disabled when not `enabled`."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

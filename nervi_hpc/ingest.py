@@ -385,6 +385,8 @@ _worker_progress = None
 def _init_worker(plan: _Plan, progress) -> None:
     global _worker_plan, _worker_progress
     _worker_plan, _worker_progress = plan, progress
+    if "torch" in sys.modules:  # a synthetic source renders with torch: processes parallelise,
+        sys.modules["torch"].set_num_threads(1)  # threads would only fight over the cores
 
 
 def _pool_write_shard(shard: int) -> None:

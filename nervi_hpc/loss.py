@@ -6,9 +6,11 @@ All inputs are (B, C, H, W) in [0, 1]; losses are computed in float32 whatever t
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from pytorch_msssim import ssim as _ssim
 
 L1_WEIGHT = 0.7
@@ -24,8 +26,13 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _ssim(x, y, data_range=1.0, win_size=window)
 
 
-def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor,
+               mask_loss: str = "l1") -> torch.Tensor:
     """0.7·(mean|m̂ − m| + Σ|m·(ŷ − y)| / Σm) + 0.3·(1 − SSIM(ŷ, y)).
+
+    With mask_loss="bce" the mask term is the binary cross-entropy instead of the paper's L1:
+    L1's gradient through the sigmoid vanishes once the mask saturates at "all background",
+    which on small foregrounds can stall the mask for good; BCE's gradient does not.
 
     output (B, 4, H, W) = RGB ŷ + mask m̂; rgb (B, 3, H, W); mask (B, 1, H, W) in {0, 1}.
     The masked term sums over the three channels and divides by the number of masked pixels of
@@ -35,7 +42,10 @@ def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor) -> t
     """
     output, rgb, mask = output.float(), rgb.float(), mask.float()
     predicted_rgb, predicted_mask = output[:, :3], output[:, 3:4]
-    mask_l1 = (predicted_mask - mask).abs().mean()
+    if mask_loss == "bce":
+        mask_l1 = F.binary_cross_entropy(predicted_mask.clamp(1e-6, 1 - 1e-6), mask)
+    else:
+        mask_l1 = (predicted_mask - mask).abs().mean()
     per_image = (mask * (predicted_rgb - rgb)).abs().flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
     rgb_l1 = per_image.mean()
     return L1_WEIGHT * (mask_l1 + rgb_l1) + SSIM_WEIGHT * (1 - ssim(predicted_rgb, rgb))
@@ -51,9 +61,9 @@ def nerv_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor | None
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {"nervi": nervi_loss, "nerv": nerv_loss}
 
 
-def loss_for(arch: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def loss_for(arch: str, mask_loss: str = "l1") -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss of a ModelConfig.arch, called as loss(output, rgb, mask)."""
-    return LOSSES[arch]
+    return functools.partial(nervi_loss, mask_loss=mask_loss) if arch == "nervi" else LOSSES[arch]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, per_image: bool = False) -> torch.Tensor:

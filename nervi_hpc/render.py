@@ -150,7 +150,7 @@ def _render(volume, theta, phi, size, threshold, samples_per_voxel, max_rays, ca
         hit = torch.nonzero(t_far > t_near).squeeze(1)
         t_near[hit], t_far[hit] = _occupied_span(occupancy, cell, ray_origin[hit], ray_dir[hit],
                                                  t_near[hit], t_far[hit])
-        hit = torch.nonzero(t_far >= t_near).squeeze(1)
+        hit = hit[t_far[hit] >= t_near[hit]]
         if len(hit):
             rgb_hit, alpha_hit = cast(ray_origin[hit], ray_dir[hit], t_near[hit], t_far[hit],
                                       entry_normal[hit], step)

@@ -140,7 +140,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device] if cuda else None)
     net = torch.compile(model) if cfg.compile else model
     module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    loss_fn = loss_for(mcfg.arch)
+    loss_fn = loss_for(mcfg.arch, cfg.mask_loss)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp != "off"
                 else contextlib.nullcontext())
     total_steps = cfg.epochs * sampler.batches_per_epoch

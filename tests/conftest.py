@@ -58,3 +58,10 @@ def make_store(tmp_path):
         return path
 
     return make
+
+
+def pytest_configure(config):
+    """Tests run two at a time on two cores: one torch thread each keeps them from fighting."""
+    import torch
+
+    torch.set_num_threads(1)

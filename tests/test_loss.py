@@ -60,8 +60,11 @@ def test_nerv_loss_by_hand():
 
 
 def test_loss_for_arch():
-    assert loss_for("nervi") is nervi_loss and loss_for("nerv") is nerv_loss
     rgb, mask = random_case()
+    output = torch.cat([rgb * 0.5, mask * 0.8], 1)
+    assert loss_for("nervi")(output, rgb, mask) == nervi_loss(output, rgb, mask)
+    assert loss_for("nervi", "bce")(output, rgb, mask) == nervi_loss(output, rgb, mask, mask_loss="bce")
+    assert loss_for("nerv") is nerv_loss
     assert nerv_loss(rgb * 0.5, rgb, mask) == nerv_loss(rgb * 0.5, rgb)
 
 
@@ -91,3 +94,15 @@ def test_psnr_known_values():
     assert values.tolist() == pytest.approx([20.0, 40.0])
     assert psnr(b, a).item() == pytest.approx(30.0)
     assert psnr(a[0], a[0]).item() == math.inf
+
+
+def test_bce_mask_term_keeps_a_gradient_where_l1_through_a_saturated_sigmoid_has_none():
+    logits = torch.full((1, 1, 4, 4), -12.0, requires_grad=True)  # mask saturated at "background"
+    rgb = torch.zeros(1, 3, 4, 4)
+    mask = torch.ones(1, 1, 4, 4)
+    grads = {}
+    for kind in ("l1", "bce"):
+        output = torch.cat([rgb, torch.sigmoid(logits)], 1)
+        (g,) = torch.autograd.grad(nervi_loss(output, rgb, mask, mask_loss=kind), logits)
+        grads[kind] = g.abs().max().item()
+    assert grads["l1"] < 1e-5 < 1e-2 < grads["bce"]

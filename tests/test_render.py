@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nervi_hpc.config import Grid, SyntheticSource
-from nervi_hpc.errors import SourceError
+from nervi_hpc.errors import ConfigError, SourceError
 from nervi_hpc.render import Surface, TransferFunction, render_isosurface, render_volume
 from nervi_hpc.sources.synthetic import SCENES, SyntheticScene, blobs_volume, tornado_volume
 
@@ -149,6 +149,9 @@ def test_default_and_explicit_isovalue():
     assert scene().isovalue == SCENES["tornado"].isovalue
     assert scene(isovalue=0.4).isovalue == 0.4
     assert scene(scene="blobs").isovalue == SCENES["blobs"].isovalue
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="source.isovalue: bad value"):
+            scene(isovalue=bad)
 
 
 @pytest.mark.parametrize("mode", ["ir", "dvr"])

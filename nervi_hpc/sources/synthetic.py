@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..config import SyntheticSource
-from ..errors import SourceError
+from ..errors import ConfigError, SourceError
 from ..render import Surface, TransferFunction, render_isosurface, render_volume
 from . import Source
 
@@ -156,6 +156,9 @@ class SyntheticScene(Source):
     def from_spec(cls, spec: SyntheticSource) -> "SyntheticScene":
         scene = SCENES[spec.scene]
         isovalue = scene.isovalue if spec.isovalue is None else spec.isovalue
+        if not 0.0 < isovalue < 1.0:
+            raise ConfigError(f"source.isovalue: bad value {isovalue:g} (expected a value between 0 and 1, "
+                              f"exclusive: the scene's volume is normalised to [0, 1])")
         grids = (spec.t.values, spec.theta.values, spec.phi.values)
         mesh = np.meshgrid(*grids, indexing="ij")
         params = np.stack([m.ravel() for m in mesh], axis=1).astype(np.float64)
