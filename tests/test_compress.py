@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DiskScene
+from nervi_hpc.sources.disks import DiskScene
 
 from nervi_hpc import checkpoint
 from nervi_hpc.codec.archive import read_header

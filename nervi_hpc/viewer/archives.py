@@ -1,0 +1,122 @@
+"""The archives a viewer shows: each opened once (model built, frame service started), named by
+a URL-safe id, described by the facts of its header and, where present, of its evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..codec.archive import compression_ratio
+from ..decode import Decoder, ParameterError
+from ..evaluate import default_eval_dir
+from .frames import DEFAULT_CACHE_BYTES, FrameService
+
+
+@dataclass
+class ViewedArchive:
+    """One archive being viewed: its id in URLs, decoder, frame service and facts."""
+
+    id: str
+    path: Path
+    decoder: Decoder
+    frames: FrameService
+
+    @classmethod
+    def open(cls, archive_id: str, path: str | os.PathLike, *, device=None,
+             cache_bytes: int = DEFAULT_CACHE_BYTES) -> ViewedArchive:
+        decoder = Decoder.open(path, device=device)
+        return cls(archive_id, Path(path), decoder, FrameService(decoder, cache_bytes=cache_bytes))
+
+    @property
+    def grids(self) -> list[tuple[float, ...]]:
+        return [p.grid for p in self.decoder.meta.parameters]
+
+    def row(self, query: dict[str, list[str]]) -> tuple[float, ...]:
+        """The parameter row named by a parsed query string: each parameter exactly once, as a
+        finite number; ParameterError otherwise (range checks are the frame service's)."""
+        names = self.decoder.names
+        unknown = sorted(set(query) - set(names))
+        if unknown:
+            raise ParameterError(f"unknown parameter {unknown[0]!r} (this archive's: {', '.join(names)})")
+        values = []
+        for name in names:
+            given = query.get(name)
+            if not given:
+                raise ParameterError(f"missing parameter {name!r} (this archive's: {', '.join(names)})")
+            if len(given) > 1:
+                raise ParameterError(f"parameter {name!r} given {len(given)} times")
+            try:
+                value = float(given[0])
+            except ValueError:
+                raise ParameterError(f"{name}={given[0][:40]!r} is not a number") from None
+            if not math.isfinite(value):
+                raise ParameterError(f"{name}={given[0][:40]!r} is not a finite number")
+            values.append(value)
+        return tuple(values)
+
+    def facts(self) -> dict[str, Any]:
+        """What the page shows about the archive: from its header and file size, plus PSNR from
+        the evaluation beside it (eval/summary.json of this very file), else from training."""
+        meta, info = self.decoder.meta, self.decoder.info
+        file_bytes = self.path.stat().st_size
+        evaluated = evaluation_psnr(self.path, file_bytes)
+        training_psnr = meta.training.get("psnr")
+        return {
+            "id": self.id,
+            "name": self.path.stem,
+            "file": self.path.name,
+            "mode": meta.mode,
+            "source": meta.source,
+            "dataset": meta.training.get("dataset"),
+            "count": meta.count,
+            "height": meta.height,
+            "width": meta.width,
+            "bytes": file_bytes,
+            "compression_ratio": compression_ratio(meta.count, meta.height, meta.width, file_bytes),
+            "bits": meta.bits,
+            "weights": info.parameter_count if info else None,
+            "bits_per_weight": info.bits_per_parameter if info else None,
+            "psnr_db": evaluated if evaluated is not None else training_psnr,
+            "psnr_from": "evaluation" if evaluated is not None else ("training" if training_psnr is not None else None),
+            "training": {k: meta.training.get(k) for k in ("epochs", "steps", "seconds")},
+            "model": {"arch": meta.model.arch, "c1": meta.model.c1, "c2": meta.model.c2},
+            "device": str(self.decoder.device),
+            "parameters": [{"name": p.name, "low": p.low, "high": p.high, "grid": list(p.grid)}
+                           for p in meta.parameters],
+        }
+
+    def close(self) -> None:
+        self.frames.close()
+
+
+def evaluation_psnr(archive: Path, file_bytes: int) -> float | None:
+    """Mean PSNR from the evaluation written beside `archive`, when that evaluation is of this
+    file (same name and size): a run's eval/ may hold the report of another archive."""
+    try:
+        summary = json.loads((default_eval_dir(archive) / "summary.json").read_text())
+        evaluated = summary["archive"]
+        if Path(evaluated["path"]).name != archive.name or evaluated["bytes"] != file_bytes:
+            return None
+        psnr = summary["psnr_db"]["mean"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(psnr) if isinstance(psnr, (int, float)) and math.isfinite(psnr) else None
+
+
+def archive_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """A distinct URL-safe id per archive, from its file name (`demo`, `demo-2`, …)."""
+    ids: list[str] = []
+    for path in paths:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).stem).strip("-.") or "archive"
+        name, n = base, 1
+        while name in ids:
+            n += 1
+            name = f"{base}-{n}"
+        ids.append(name)
+    return ids
+

@@ -1,0 +1,224 @@
+"""The viewer's HTTP server (standard library): the static page and a small JSON + image API.
+
+Routes (GET only):
+    /  /app.js  /style.css              the page (fixed files: no path from a request touches disk)
+    /api/archives                       {"archives": [facts, …]} (see ViewedArchive.facts)
+    /api/archives/<id>/frame?<name>=<value>…[&format=png|webp][&play=<name>]
+                                        one decoded frame; headers X-Decode-Ms, X-Encode-Ms,
+                                        X-Batch, X-Cache (hit|miss), X-Unseen (true|false)
+    /api/stats                          per-archive counters of the frame services
+Every bad request gets a 4xx status and a JSON body {"error": "<one line>"}; an unexpected
+failure gets 500 with the same shape, and the server goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from dataclasses import asdict
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..decode import ParameterError
+from ..errors import ConfigError
+from .archives import ViewedArchive, archive_ids
+from .frames import DEFAULT_CACHE_BYTES, FORMATS, neighbours
+
+STATIC = Path(__file__).parent / "static"
+PAGES = {"/": ("index.html", "text/html; charset=utf-8"),
+         "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+         "/style.css": ("style.css", "text/css; charset=utf-8")}
+MAX_QUERY_FIELDS = 80
+DEFAULT_PORT = 8765
+
+
+class RequestError(Exception):
+    """A request the server refuses: its HTTP status and a one-line reason."""
+
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Viewer:
+    """The archives being viewed (each opened once) and the page; `close()` stops their workers."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], *, device=None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch: bool = True):
+        if not paths:
+            raise ConfigError("view: give at least one .nervi archive")
+        self.prefetch = prefetch
+        self.archives: dict[str, ViewedArchive] = {}
+        try:
+            for archive_id, path in zip(archive_ids(paths), paths):
+                self.archives[archive_id] = ViewedArchive.open(archive_id, path, device=device,
+                                                               cache_bytes=cache_bytes)
+        except BaseException:
+            self.close()
+            raise
+        self.pages = {route: ((STATIC / name).read_bytes(), mime) for route, (name, mime) in PAGES.items()}
+
+    def close(self) -> None:
+        for archive in self.archives.values():
+            archive.close()
+
+    def archive(self, archive_id: str) -> ViewedArchive:
+        found = self.archives.get(archive_id)
+        if found is None:
+            raise RequestError(HTTPStatus.NOT_FOUND, f"unknown archive {archive_id[:60]!r} "
+                                                     f"(served: {', '.join(self.archives)})")
+        return found
+
+    def frame(self, archive_id: str, query: dict[str, list[str]]):
+        """(frame, cache hit) for a frame request; queues the neighbours' prefetch."""
+        archive = self.archive(archive_id)
+        fmt = _single(query.pop("format", ["png"]), "format")
+        play = _single(query.pop("play", [""]), "play")
+        if play and play not in archive.decoder.names:
+            raise ParameterError(f"play={play[:40]!r} is not a parameter of this archive "
+                                 f"({', '.join(archive.decoder.names)})")
+        row = archive.row(query)
+        if fmt not in FORMATS:
+            raise ParameterError(f"format={fmt[:20]!r}: expected one of {', '.join(FORMATS)}")
+        frame, hit = archive.frames.frame(row, fmt)
+        if self.prefetch:
+            axis = archive.decoder.names.index(play) if play else None
+            archive.frames.prefetch(neighbours(archive.grids, row, axis), fmt)
+        return frame, hit
+
+    def stats(self) -> dict[str, Any]:
+        return {archive_id: {**asdict(a.frames.stats), "cached_frames": len(a.frames.cache),
+                             "cached_bytes": a.frames.cache.bytes}
+                for archive_id, a in self.archives.items()}
+
+
+def _single(values: list[str], name: str) -> str:
+    if len(values) != 1:
+        raise ParameterError(f"{name} given {len(values)} times")
+    return values[0]
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Routes GET requests to the viewer; everything else is refused with JSON."""
+
+    viewer: Viewer  # set on the subclass made by make_server
+    server_version = "nervi-hpc-viewer"
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        try:
+            self._route()
+        except RequestError as e:
+            self._error(e.status, str(e))
+        except ParameterError as e:
+            self._error(HTTPStatus.BAD_REQUEST, str(e))
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as e:  # a bug must cost one request, never the server
+            print(f"nervi-hpc view: error serving {self.path[:200]}: {e!r}", file=sys.stderr)
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(e).__name__}")
+
+    def _route(self) -> None:
+        url = urlsplit(self.path)
+        path = url.path
+        if path in self.viewer.pages:
+            body, mime = self.viewer.pages[path]
+            return self._send(HTTPStatus.OK, body, mime)
+        if path == "/api/archives":
+            facts = [a.facts() for a in self.viewer.archives.values()]
+            return self._json(HTTPStatus.OK, {"archives": facts})
+        if path == "/api/stats":
+            return self._json(HTTPStatus.OK, self.viewer.stats())
+        parts = path.split("/")
+        if len(parts) == 5 and parts[:3] == ["", "api", "archives"] and parts[4] == "frame":
+            frame, hit = self.viewer.frame(unquote(parts[3]), _parse_query(url.query))
+            return self._send(HTTPStatus.OK, frame.data, frame.mime, {
+                "X-Decode-Ms": f"{frame.decode_ms:.2f}", "X-Encode-Ms": f"{frame.encode_ms:.2f}",
+                "X-Batch": str(frame.batch), "X-Cache": "hit" if hit else "miss",
+                "X-Unseen": "true" if frame.unseen else "false"})
+        raise RequestError(HTTPStatus.NOT_FOUND, f"no such page: {path[:100]}")
+
+    def _json(self, status: HTTPStatus, obj: Any) -> None:
+        self._send(status, json.dumps(obj, allow_nan=False).encode(), "application/json")
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        self._json(status, {"error": message})
+
+    def _send(self, status: HTTPStatus, body: bytes, mime: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", mime)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (malformed request line, unknown method, …) as JSON."""
+        if code == HTTPStatus.NOT_IMPLEMENTED:  # a method without a do_ handler
+            code, message = HTTPStatus.METHOD_NOT_ALLOWED, f"method {self.command} not allowed; use GET"
+        self.close_connection = True
+        try:
+            self._error(HTTPStatus(code), message or HTTPStatus(code).phrase)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, format: str, *args) -> None:
+        """Quiet: a frame per keystroke would flood the terminal."""
+
+
+def _parse_query(query: str) -> dict[str, list[str]]:
+    try:
+        return parse_qs(query, keep_blank_values=True, strict_parsing=bool(query),
+                        max_num_fields=MAX_QUERY_FIELDS)
+    except ValueError as e:
+        raise ParameterError(f"malformed query string ({e})") from None
+
+
+def make_server(viewer: Viewer, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> ThreadingHTTPServer:
+    """An HTTP server for `viewer` bound to host:port (port 0: any free port); ConfigError when
+    the address cannot be bound."""
+    handler = type("ViewerHandler", (Handler,), {"viewer": viewer})
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
+    server.daemon_threads = True
+    return server
+
+
+def serve(paths: Sequence[str | os.PathLike], *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+          device=None, cache_bytes: int = DEFAULT_CACHE_BYTES, ready=print) -> None:
+    """Open the archives and serve the viewer until interrupted (Ctrl-C). `ready` is called with
+    one line naming the address once the server listens."""
+    viewer = Viewer(paths, device=device, cache_bytes=cache_bytes)
+    try:
+        server = make_server(viewer, host, port)
+        with server:
+            bound_host, bound_port = server.server_address[:2]
+            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+            names = ", ".join(a.path.name for a in viewer.archives.values())
+            ready(f"viewing {names} at http://{shown}:{bound_port}/ (Ctrl-C to stop)")
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                ready(f"note: listening on {host}, not only this machine; the viewer has no login")
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+    finally:
+        viewer.close()
+
+
+def serve_in_thread(viewer: Viewer, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, str]:
+    """A server for `viewer` running in a daemon thread and its base URL (tests, benchmarks);
+    stop it with `server.shutdown(); server.server_close()`."""
+    server = make_server(viewer, host, port)
+    threading.Thread(target=server.serve_forever, name="viewer-http", daemon=True).start()
+    return server, f"http://{host}:{server.server_address[1]}"

@@ -1,0 +1,418 @@
+// nervi-hpc viewer: sliders → /api/archives/<id>/frame → <img>. No framework, no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const SLIDER_STEPS = 1000;        // resolution of a slider when unseen values are allowed
+const MAX_TICKS = 64;             // grid ticks drawn under a slider
+
+const state = {
+  archives: [],
+  archive: null,                  // facts of the archive shown (from /api/archives)
+  values: [],                     // current value of each parameter
+  active: 0,                      // parameter the arrow keys step
+  free: false,                    // unseen (off-grid) values allowed
+  playing: false,
+  shown: null,                    // key of the frame on screen
+  framesShown: 0,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Numbers and grids
+
+function fmt(v) {
+  if (Number.isInteger(v)) return String(v);
+  return String(Number(v.toPrecision(6)));
+}
+
+function nearestIndex(grid, v) {
+  let best = 0;
+  for (let i = 1; i < grid.length; i++) if (Math.abs(grid[i] - v) < Math.abs(grid[best] - v)) best = i;
+  return best;
+}
+
+function onGrid(grid, v) {
+  const span = Math.max(Math.abs(grid[grid.length - 1] - grid[0]), 1);
+  return Math.abs(grid[nearestIndex(grid, v)] - v) <= 1e-9 * span;
+}
+
+// The grid value one step from v (dir ±1); off the grid, the neighbouring grid value that way.
+function stepValue(grid, v, dir, wrap) {
+  if (onGrid(grid, v)) {
+    let i = nearestIndex(grid, v) + dir;
+    if (wrap) i = (i + grid.length) % grid.length;
+    return grid[Math.min(Math.max(i, 0), grid.length - 1)];
+  }
+  const ahead = dir > 0 ? grid.filter((g) => g > v) : grid.filter((g) => g < v).reverse();
+  if (ahead.length) return ahead[0];
+  return wrap ? (dir > 0 ? grid[0] : grid[grid.length - 1]) : v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames: one request in flight; while it runs, newer slider positions replace each other, so the
+// screen always converges on the latest position without queueing stale frames.
+
+let pumping = false;
+const waiters = [];
+
+function frameKey() {
+  return `${state.archive.id}|${state.values.join(",")}`;
+}
+
+function frameUrl() {
+  const q = new URLSearchParams();
+  state.archive.parameters.forEach((p, j) => q.set(p.name, String(state.values[j])));
+  if (state.playing) q.set("play", state.archive.parameters[Number($("play-param").value)].name);
+  return `/api/archives/${encodeURIComponent(state.archive.id)}/frame?${q}`;
+}
+
+function refresh() {
+  return new Promise((resolve) => {
+    waiters.push(resolve);
+    if (!pumping) pump();
+  });
+}
+
+async function pump() {
+  pumping = true;
+  while (state.archive && frameKey() !== state.shown) {
+    const key = frameKey();
+    const values = state.values.slice();
+    try {
+      await load(frameUrl(), key, values);
+    } catch (err) {
+      showStatus(err.message, true);
+      break;
+    }
+  }
+  pumping = false;
+  waiters.splice(0).forEach((resolve) => resolve());
+}
+
+async function load(url, key, values) {
+  const started = performance.now();
+  const response = await fetch(url);
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
+    throw new Error(message);
+  }
+  const blob = await response.blob();
+  const src = URL.createObjectURL(blob);
+  const staging = new Image();
+  staging.src = src;
+  await staging.decode();
+  const img = $("frame");
+  const old = img.src;
+  img.src = src;
+  img.hidden = false;
+  $("placeholder").hidden = true;
+  if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+  state.shown = key;
+  state.framesShown += 1;
+  img.dataset.key = key;
+  img.dataset.count = String(state.framesShown);
+  fitImage();
+  showCaption(values, response.headers, performance.now() - started);
+  showStatus("");
+}
+
+function showCaption(values, headers, roundTripMs) {
+  const params = state.archive.parameters;
+  $("frame-params").innerHTML = params
+    .map((p, j) => `<span class="pv${onGrid(p.grid, values[j]) ? "" : " off"}"><b>${escapeHtml(p.name)}</b> ${fmt(values[j])}</span>`)
+    .join("");
+  const unseen = headers.get("X-Unseen") === "true";
+  $("unseen-badge").hidden = !unseen;
+  $("frame").dataset.unseen = String(unseen);
+  const decode = Number(headers.get("X-Decode-Ms"));
+  const encode = Number(headers.get("X-Encode-Ms"));
+  const batch = Number(headers.get("X-Batch"));
+  const hit = headers.get("X-Cache") === "hit";
+  const batchNote = batch > 1 ? ` (share of a batch of ${batch})` : "";
+  $("frame-timing").innerHTML =
+    `<span class="${hit ? "hit" : "miss"}">${hit ? "cached" : "decoded now"}</span>` +
+    ` · decode ${decode.toFixed(1)} ms${batchNote} · encode ${encode.toFixed(1)} ms` +
+    ` · ${roundTripMs.toFixed(0)} ms to screen`;
+}
+
+function showStatus(message, isError) {
+  const el = $("status");
+  el.textContent = message;
+  el.classList.toggle("error", Boolean(isError));
+}
+
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+// Integer zoom (crisp pixels) when the image is smaller than the stage; fit it when larger.
+function fitImage() {
+  const img = $("frame");
+  const box = $("canvas").getBoundingClientRect();
+  const a = state.archive;
+  if (!a || !box.width) return;
+  const fit = Math.min((box.width - 32) / a.width, (box.height - 32) / a.height);
+  const scale = fit >= 1 ? Math.floor(fit) : fit;
+  img.style.width = `${Math.round(a.width * scale)}px`;
+  img.style.height = `${Math.round(a.height * scale)}px`;
+  img.classList.toggle("pixelated", scale >= 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Controls
+
+function sliderOf(j) {
+  return document.querySelector(`input[data-param="${j}"]`);
+}
+
+function buildSliders() {
+  const box = $("sliders");
+  box.innerHTML = "";
+  state.archive.parameters.forEach((p, j) => {
+    const row = document.createElement("div");
+    row.className = "slider-row";
+    row.dataset.param = String(j);
+    const fixed = p.grid.length < 2 && p.low === p.high;
+    row.innerHTML = `
+      <div class="slider-head">
+        <span class="pname">${escapeHtml(p.name)}</span>
+        <span class="pvalue" id="value-${j}"></span>
+      </div>
+      <input type="range" data-param="${j}" aria-label="${escapeHtml(p.name)}" ${fixed ? "disabled" : ""}>
+      <div class="ticks" id="ticks-${j}"></div>
+      <div class="slider-foot"><span>${fmt(p.low)}</span><span id="count-${j}" class="muted"></span><span>${fmt(p.high)}</span></div>`;
+    box.appendChild(row);
+    const input = row.querySelector("input");
+    input.addEventListener("input", () => { state.active = j; readSlider(j); markActive(); refresh(); });
+    input.addEventListener("focus", () => { state.active = j; markActive(); });
+    row.addEventListener("pointerdown", () => { state.active = j; markActive(); });
+  });
+  configureSliders();
+  markActive();
+}
+
+// Snapping: the slider runs over grid indices. Free: over the range, in SLIDER_STEPS steps.
+function configureSliders() {
+  state.archive.parameters.forEach((p, j) => {
+    const input = sliderOf(j);
+    if (state.free && p.high > p.low) {
+      input.min = String(p.low);
+      input.max = String(p.high);
+      input.step = String((p.high - p.low) / SLIDER_STEPS);
+    } else {
+      input.min = "0";
+      input.max = String(p.grid.length - 1);
+      input.step = "1";
+    }
+    drawTicks(j);
+  });
+  writeSliders();
+}
+
+function drawTicks(j) {
+  const p = state.archive.parameters[j];
+  const ticks = $(`ticks-${j}`);
+  ticks.innerHTML = "";
+  if (p.grid.length > MAX_TICKS || p.grid.length < 2) return;
+  p.grid.forEach((g, i) => {
+    const t = document.createElement("span");
+    const at = state.free && p.high > p.low ? (g - p.low) / (p.high - p.low) : i / (p.grid.length - 1);
+    t.style.left = `${(100 * at).toFixed(3)}%`;
+    ticks.appendChild(t);
+  });
+}
+
+function readSlider(j) {
+  const p = state.archive.parameters[j];
+  const raw = Number(sliderOf(j).value);
+  if (state.free && p.high > p.low) {
+    // a value within half a slider step of a grid value is that grid value
+    const g = p.grid[nearestIndex(p.grid, raw)];
+    state.values[j] = Math.abs(g - raw) <= (p.high - p.low) / SLIDER_STEPS / 2 ? g : raw;
+  } else {
+    state.values[j] = p.grid[Math.round(raw)];
+  }
+  writeLabels();
+}
+
+function writeSliders() {
+  state.archive.parameters.forEach((p, j) => {
+    const input = sliderOf(j);
+    input.value = String(state.free && p.high > p.low ? state.values[j] : nearestIndex(p.grid, state.values[j]));
+  });
+  writeLabels();
+}
+
+function writeLabels() {
+  state.archive.parameters.forEach((p, j) => {
+    const v = state.values[j];
+    const seen = onGrid(p.grid, v);
+    const label = $(`value-${j}`);
+    label.textContent = fmt(v);
+    label.classList.toggle("off", !seen);
+    $(`count-${j}`).textContent = seen
+      ? `${nearestIndex(p.grid, v) + 1} / ${p.grid.length}`
+      : `off grid (${p.grid.length} values)`;
+  });
+}
+
+function markActive() {
+  document.querySelectorAll(".slider-row").forEach((row) => {
+    row.classList.toggle("active", Number(row.dataset.param) === state.active);
+  });
+}
+
+function setValue(j, v) {
+  state.values[j] = v;
+  writeSliders();
+  return refresh();
+}
+
+function step(j, dir, wrap) {
+  const p = state.archive.parameters[j];
+  return setValue(j, stepValue(p.grid, state.values[j], dir, wrap));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Play: step the chosen parameter, wait for its frame, keep to the chosen rate.
+
+async function play() {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  let frames = 0;
+  const start = performance.now();
+  while (state.playing) {
+    const t0 = performance.now();
+    await step(Number($("play-param").value), +1, true);
+    frames += 1;
+    const seconds = (performance.now() - start) / 1000;
+    $("play-rate").textContent = `playing at ${(frames / seconds).toFixed(1)} frames/s`;
+    const wait = 1000 / Number($("fps").value) - (performance.now() - t0);
+    if (wait > 0) await sleep(wait);
+  }
+}
+
+function setPlaying(on) {
+  const animatable = state.archive && state.archive.parameters.some((p) => p.grid.length > 1);
+  state.playing = Boolean(on && animatable);
+  const button = $("play");
+  button.textContent = state.playing ? "❚❚ Pause" : "▶ Play";
+  button.setAttribute("aria-pressed", String(state.playing));
+  button.classList.toggle("on", state.playing);
+  if (state.playing) play();
+  else $("play-rate").textContent = "";
+}
+
+function buildPlayChoices() {
+  const select = $("play-param");
+  select.innerHTML = "";
+  const params = state.archive.parameters;
+  params.forEach((p, j) => {
+    if (p.grid.length > 1) select.add(new Option(`${p.name} (${p.grid.length})`, String(j)));
+  });
+  // default: the parameter with the most grid values (e.g. the azimuth of a camera orbit)
+  let best = -1;
+  params.forEach((p, j) => { if (p.grid.length > 1 && (best < 0 || p.grid.length > params[best].grid.length)) best = j; });
+  if (best >= 0) select.value = String(best);
+  $("play").disabled = best < 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Facts
+
+function showFacts() {
+  const a = state.archive;
+  const mb = a.bytes >= 1e6 ? `${(a.bytes / 1e6).toFixed(2)} MB` : `${(a.bytes / 1e3).toFixed(1)} kB`;
+  const psnr = a.psnr_db == null ? "n/a" : `${a.psnr_db.toFixed(2)} dB <span class="muted">(${a.psnr_from})</span>`;
+  const minutes = a.training.seconds == null ? null : a.training.seconds / 60;
+  const rows = [
+    ["Images", `${a.count.toLocaleString()} · ${a.width} × ${a.height} px`],
+    ["Mode", escapeHtml(a.mode.toUpperCase())],
+    ["Parameters", a.parameters.map((p) => `${escapeHtml(p.name)} <span class="muted">×${p.grid.length}</span>`).join(" · ")],
+    ["Archive", `${mb} <span class="muted">${escapeHtml(a.file)}</span>`],
+    ["Compression", `<b>${a.compression_ratio.toFixed(1)}×</b> <span class="muted">vs raw RGB</span>`],
+    ["PSNR", psnr],
+    ["Quantization", `${a.bits} bits` + (a.bits_per_weight ? ` <span class="muted">· ${a.bits_per_weight.toFixed(2)} bits/weight</span>` : "")],
+    ["Model", `${escapeHtml(a.model.arch)} c1=${a.model.c1} c2=${a.model.c2}` + (a.weights ? ` <span class="muted">· ${a.weights.toLocaleString()} weights</span>` : "")],
+    ["Training", [a.training.epochs != null ? `${a.training.epochs} epochs` : null,
+                  minutes != null ? `${minutes.toFixed(1)} min` : null].filter(Boolean).join(" · ") || "n/a"],
+    ["Decoding on", escapeHtml(a.device)],
+  ];
+  if (a.source) rows.push(["Source", `<span class="muted">${escapeHtml(a.source)}</span>`]);
+  $("facts").innerHTML = rows.map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join("");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Archives
+
+function selectArchive(index) {
+  const previous = state.archive;
+  const a = state.archives[index];
+  const kept = {};
+  if (previous) previous.parameters.forEach((p, j) => { kept[p.name] = state.values[j]; });
+  state.archive = a;
+  state.shown = null;
+  // keep a value the archives share (IR and DVR of one data set), else start mid-grid
+  state.values = a.parameters.map((p) => {
+    const v = kept[p.name];
+    if (v !== undefined && v >= p.low && v <= p.high) return state.free ? v : p.grid[nearestIndex(p.grid, v)];
+    return p.grid[Math.floor((p.grid.length - 1) / 2)];
+  });
+  state.active = Math.min(state.active, a.parameters.length - 1);
+  $("archive").value = String(index);
+  document.title = `${a.name} · nervi-hpc viewer`;
+  buildSliders();
+  buildPlayChoices();
+  showFacts();
+  return refresh();
+}
+
+async function start() {
+  try {
+    const response = await fetch("/api/archives");
+    state.archives = (await response.json()).archives;
+  } catch (err) {
+    showStatus(`cannot reach the viewer server: ${err.message}`, true);
+    return;
+  }
+  const select = $("archive");
+  state.archives.forEach((a, i) => {
+    select.add(new Option(`${a.name} · ${a.mode.toUpperCase()} · ${a.width}×${a.height}`, String(i)));
+  });
+  select.disabled = state.archives.length < 2;
+  select.addEventListener("change", () => selectArchive(Number(select.value)));
+  $("free").addEventListener("change", (e) => {
+    state.free = e.target.checked;
+    if (!state.free) {
+      state.values = state.values.map((v, j) => state.archive.parameters[j].grid[nearestIndex(state.archive.parameters[j].grid, v)]);
+    }
+    configureSliders();
+    refresh();
+  });
+  $("play").addEventListener("click", () => setPlaying(!state.playing));
+  document.addEventListener("keydown", onKey);
+  window.addEventListener("resize", fitImage);
+  await selectArchive(0);
+}
+
+function onKey(e) {
+  if (!state.archive || e.altKey || e.ctrlKey || e.metaKey) return;
+  if (e.target instanceof HTMLSelectElement) return;
+  const n = state.archive.parameters.length;
+  const handled = {
+    ArrowLeft: () => step(state.active, -1, false),
+    ArrowRight: () => step(state.active, +1, false),
+    ArrowUp: () => { state.active = (state.active + n - 1) % n; markActive(); },
+    ArrowDown: () => { state.active = (state.active + 1) % n; markActive(); },
+    Home: () => setValue(state.active, state.archive.parameters[state.active].grid[0]),
+    End: () => { const g = state.archive.parameters[state.active].grid; setValue(state.active, g[g.length - 1]); },
+    " ": () => setPlaying(!state.playing),
+  }[e.key];
+  if (handled) {
+    e.preventDefault();
+    handled();
+  } else if (/^[1-9]$/.test(e.key) && Number(e.key) <= state.archives.length) {
+    selectArchive(Number(e.key) - 1);
+  }
+}
+
+start();
