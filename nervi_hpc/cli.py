@@ -110,6 +110,13 @@ def cmd_compress(args) -> None:
         print(result.evaluation.summary())
 
 
+def cmd_view(args) -> None:
+    from .viewer import serve
+
+    serve(args.archives, host=args.host, port=args.port, device=args.device,
+          cache_bytes=args.cache_mb << 20)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nervi-hpc", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -170,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="evaluation device: cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_compress)
+
+    p = verbs.add_parser("view", help="explore archives in the browser: a local web viewer decoding on the fly")
+    p.add_argument("archives", nargs="+", metavar="ARCHIVE", help="one or more .nervi archives (e.g. IR and DVR)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
+    p.add_argument("--cache-mb", type=int, default=256, help="encoded frames kept per archive, in MB (default 256)")
+    p.set_defaults(run=cmd_view)
     return parser
 
 

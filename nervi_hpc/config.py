@@ -181,9 +181,39 @@ class DatasetSpec:
 # cluster.yaml
 
 
+STAGES = ("ingest", "train", "compress")
+
+
+def _gpus(v) -> bool:
+    return v == "auto" or v >= 0
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """Per-stage overrides of a profile's resources (a field left out keeps the stage's default)."""
+
+    partition: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    nodes: int | None = field(default=None, metadata=check(lambda v: v is None or v > 0, "a positive count"))
+    gpus_per_node: int | None = field(default=None, metadata=check(lambda v: v is None or v >= 0, "0 or more"))
+    tasks_per_node: int | None = field(default=None, metadata=check(lambda v: v is None or v > 0,
+                                                                    "a positive count"))
+    cpus_per_task: int | None = field(default=None, metadata=check(lambda v: v is None or v > 0,
+                                                                   "a positive count"))
+    mem_gb: float | None = field(default=None, metadata=check(lambda v: v is None or v > 0, "a positive size"))
+    time_min: int | None = field(default=None, metadata=check(lambda v: v is None or v > 0,
+                                                              "a positive number of minutes"))
+
+
 @dataclass(frozen=True)
 class Profile:
-    """One executor profile: where and with what resources the stages run."""
+    """One executor profile: where and with what resources the stages run.
+
+    The resources describe the training job; ingest defaults to one node without GPUs and
+    compress to one task with at most one GPU. `stages` overrides any of them per stage.
+    `gpus_per_node: auto` (local only) gives the local jobs every GPU of this machine.
+    """
 
     executor: Literal["local", "slurm"] = "local"
     partition: str | None = None
@@ -191,13 +221,25 @@ class Profile:
     qos: str | None = None
     constraint: str | None = None
     nodes: int = field(default=1, metadata=check(_positive, "a positive count"))
-    gpus_per_node: int = field(default=0, metadata=check(lambda v: v >= 0, "0 or more"))
+    gpus_per_node: int | Literal["auto"] = field(default="auto", metadata=check(_gpus, "0 or more, or auto"))
     tasks_per_node: int = field(default=1, metadata=check(_positive, "a positive count"))
     cpus_per_task: int = field(default=2, metadata=check(_positive, "a positive count"))
     mem_gb: float = field(default=8.0, metadata=check(_positive, "a positive size"))
     time_min: int = field(default=60, metadata=check(_positive, "a positive number of minutes"))
+    signal_delay_s: int = field(default=90, metadata=check(lambda v: v >= 5, "5 seconds or more"))
+    max_requeues: int = field(default=5, metadata=check(lambda v: v >= 0, "0 or more"))
+    mpi: str | None = None
     sbatch: dict[str, str] = field(default_factory=dict)
     setup: list[str] = field(default_factory=list)
+    stages: dict[str, StageResources] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.executor == "slurm" and self.gpus_per_node == "auto":
+            raise ConfigError("gpus_per_node: 'auto' (this machine's GPUs) is for the local executor; "
+                              "a slurm profile needs a count (0 for CPU-only nodes)")
+        unknown = sorted(set(self.stages) - set(STAGES))
+        if unknown:
+            raise ConfigError(f"stages: unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")
 
 
 @dataclass(frozen=True)

@@ -104,20 +104,62 @@ def preset(name: str, height: int, width: int) -> ModelConfig:
     return model_config({"preset": name}, height, width)
 
 
-def model_config(section: dict[str, Any], height: int, width: int) -> ModelConfig:
-    """The `model:` section of dataset.yaml, resolved for height × width.
+DEFAULT_TARGET_CR = 300.0
+SIZED_MIN_CHANNELS = 4
 
-    `preset` (default `paper`) names the base; any other key overrides that ModelConfig field.
+
+def model_config(section: dict[str, Any], height: int, width: int, *, count: int | None = None,
+                 num_params: int = 3, bits: int = 9) -> ModelConfig:
+    """The `model:` section of dataset.yaml, resolved for `count` images of height × width.
+
+    `preset` (default `paper`) names the base; any other ModelConfig key overrides that field.
+    `target_cr` sizes the widths instead: the largest c2 (with c1 = c2/4 and at least
+    SIZED_MIN_CHANNELS channels per block) whose `bits`-bit weights fit count·H·W·3 / target_cr
+    bytes. A section that names neither a preset nor c1/c2 is sized for DEFAULT_TARGET_CR, so a
+    collection gets a model in proportion to it; `preset: paper` alone is exactly the paper.
     """
-    valid = ["preset"] + [f.name for f in dataclasses.fields(ModelConfig)]
+    valid = ["preset", "target_cr"] + [f.name for f in dataclasses.fields(ModelConfig)]
     for key in section:
         if key not in valid:
             raise ModelError(f"model.{key}: unknown key {key!r} (valid: {', '.join(valid)})")
     name = section.get("preset", DEFAULT_PRESET)
     if not isinstance(name, str) or name not in PRESETS:
         raise ModelError(f"model.preset: unknown preset {name!r} (presets: {', '.join(PRESETS)})")
-    overrides = {k: v for k, v in section.items() if k != "preset"}
-    return ModelConfig.from_dict({**PRESETS[name].to_dict(), **overrides}).resolved(height, width)
+    overrides = {k: v for k, v in section.items() if k not in ("preset", "target_cr")}
+    config = ModelConfig.from_dict({**PRESETS[name].to_dict(), **overrides}).resolved(height, width)
+    target = section.get("target_cr")
+    if target is None and not {"preset", "c1", "c2"} & section.keys():
+        target = DEFAULT_TARGET_CR
+    if target is None:
+        return config
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 1:
+        raise ModelError(f"model.target_cr: bad value {target!r} (expected a number > 1)")
+    if {"c1", "c2"} & section.keys():
+        raise ModelError("model: give either target_cr or c1/c2, not both")
+    if count is None:
+        raise ModelError("model.target_cr: the image count is needed to size the model")
+    return sized_for(config, height, width, num_params, budget=count * height * width * 3 / target * 8 / bits)
+
+
+def sized_for(config: ModelConfig, height: int, width: int, num_params: int, budget: float) -> ModelConfig:
+    """`config` with the largest c2 (c1 = c2/4) whose parameter count fits `budget`."""
+
+    def with_c2(c2: int) -> ModelConfig:
+        return dataclasses.replace(config, c2=c2, c1=max(8, c2 // 4),
+                                   min_channels=max(config.min_channels, SIZED_MIN_CHANNELS))
+
+    def size(c2: int) -> int:
+        with torch.device("meta"):
+            return count_parameters(NeRVI(with_c2(c2), height, width, num_params))
+
+    low, high = SIZED_MIN_CHANNELS, 4096
+    if size(low) > budget:
+        raise ModelError(f"model.target_cr: even the smallest model ({size(low):,} parameters) is larger "
+                         f"than the budget of {int(budget):,} parameters; lower target_cr")
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if size(middle) <= budget else (low, middle)
+    return with_c2(low)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -47,3 +47,37 @@ class RunPaths:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def manifest_lock(self) -> Path:
+        return self.root / ".manifest.lock"
+
+    @property
+    def jobs(self) -> Path:
+        """submitit's folder: each job's pickles and its tasks' logs `<job-id>_<task>_log.out`."""
+        return self.root / "jobs"
+
+    @property
+    def driver_log(self) -> Path:
+        """Output of the local driver process that runs the stages one after the other."""
+        return self.logs / "driver.log"
+
+    def job_log(self, job_id: str, task: int = 0) -> Path:
+        return self.jobs / f"{job_id}_{task}_log.out"
+
+
+@dataclass(frozen=True)
+class StoragePaths:
+    """storage_root: runs/<run-id>/ folders and the locks that serialise submissions."""
+
+    root: Path
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def run(self, run_id: str) -> RunPaths:
+        return RunPaths(self.runs / run_id)
+
+    def submit_lock(self, key: str) -> Path:
+        return self.runs / ".locks" / f"{key}.lock"

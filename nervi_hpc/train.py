@@ -112,7 +112,8 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     max_minutes = max_minutes if max_minutes is not None else cfg.max_minutes
     env = setup_distributed()
     data = RenderDataset(paths.store)
-    mcfg = model_config(spec.model, data.height, data.width)
+    mcfg = model_config(spec.model, data.height, data.width, count=data.count,
+                        num_params=len(data.param_names))
     batch_size = cfg.batch_size or default_batch_size(data.height, data.width, data.count, env.world_size)
     sampler = ShardAwareSampler(data.count, data.shard_size, batch_size, env.rank, env.world_size, cfg.seed)
     loader = torch.utils.data.DataLoader(

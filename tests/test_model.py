@@ -188,10 +188,10 @@ def test_config_round_trip_through_json():
 
 
 def test_model_section_is_a_preset_with_overrides():
-    assert model_config({}, 256, 256) == preset("paper", 256, 256)
+    assert model_config({"preset": "paper"}, 256, 256) == preset("paper", 256, 256)
     config = model_config({"preset": "nerv", "c1": 8, "upscale": [2, 2]}, 64, 64)
     assert (config.arch, config.c1, config.c2, config.stem, config.upscale) == ("nerv", 8, 1024, (16, 16), (2, 2))
-    with pytest.raises(ModelError, match=r"model.widths: unknown key 'widths' \(valid: preset, arch"):
+    with pytest.raises(ModelError, match=r"model.widths: unknown key 'widths' \(valid: preset, target_cr, arch"):
         model_config({"widths": [8]}, 64, 64)
     with pytest.raises(ModelError, match="model.preset: unknown preset 'huge'"):
         model_config({"preset": "huge"}, 64, 64)
@@ -260,3 +260,25 @@ def test_forward_under_bf16_autocast():
         out = model(torch.rand(2, 3))
     assert out.shape == (2, 4, 16, 16)
     assert torch.isfinite(out.float()).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_target_cr_sizes_the_model_for_the_collection():
+    from nervi_hpc.model import count_parameters
+
+    def params(config):
+        with torch.device("meta"):
+            return count_parameters(NeRVI(config, 256, 256, 3))
+
+    raw = 800 * 256 * 256 * 3
+    for target in (100, 300, 1000):
+        config = model_config({"target_cr": target}, 256, 256, count=800)
+        cr = raw / (params(config) * 9 / 8)
+        assert target <= cr < 1.5 * target, (target, cr, config.c2)
+        assert config.c1 == max(8, config.c2 // 4) and min(config.channels(5)) >= 4
+    assert model_config({}, 256, 256, count=800) == model_config({"target_cr": 300}, 256, 256, count=800)
+    with pytest.raises(ModelError, match="either target_cr or c1/c2"):
+        model_config({"target_cr": 300, "c2": 64}, 256, 256, count=800)
+    with pytest.raises(ModelError, match="lower target_cr"):
+        model_config({"target_cr": 1e6}, 256, 256, count=800)
+    with pytest.raises(ModelError, match="image count is needed"):
+        model_config({}, 256, 256)

@@ -52,6 +52,8 @@ class Viewer:
                  cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch: bool = True):
         if not paths:
             raise ConfigError("view: give at least one .nervi archive")
+        if cache_bytes < 0:
+            raise ConfigError(f"--cache-mb: must be 0 or more, got {cache_bytes >> 20}")
         self.prefetch = prefetch
         self.archives: dict[str, ViewedArchive] = {}
         try:
@@ -185,6 +187,8 @@ def _parse_query(query: str) -> dict[str, list[str]]:
 def make_server(viewer: Viewer, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> ThreadingHTTPServer:
     """An HTTP server for `viewer` bound to host:port (port 0: any free port); ConfigError when
     the address cannot be bound."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port: {port} is not a port number (0..65535; 0 picks a free one)")
     handler = type("ViewerHandler", (Handler,), {"viewer": viewer})
     try:
         server = ThreadingHTTPServer((host, port), handler)
