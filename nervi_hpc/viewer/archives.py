@@ -66,6 +66,7 @@ class ViewedArchive:
         file_bytes = self.path.stat().st_size
         evaluated = evaluation_psnr(self.path, file_bytes)
         training_psnr = meta.training.get("psnr")
+        psnr_from = "evaluation" if evaluated is not None else "training" if training_psnr is not None else None
         return {
             "id": self.id,
             "name": self.path.stem,
@@ -82,7 +83,7 @@ class ViewedArchive:
             "weights": info.parameter_count if info else None,
             "bits_per_weight": info.bits_per_parameter if info else None,
             "psnr_db": evaluated if evaluated is not None else training_psnr,
-            "psnr_from": "evaluation" if evaluated is not None else ("training" if training_psnr is not None else None),
+            "psnr_from": psnr_from,
             "training": {k: meta.training.get(k) for k in ("epochs", "steps", "seconds")},
             "model": {"arch": meta.model.arch, "c1": meta.model.c1, "c2": meta.model.c2},
             "device": str(self.decoder.device),

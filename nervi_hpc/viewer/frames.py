@@ -23,6 +23,8 @@ from PIL import Image
 from ..decode import Decoder, ParameterError
 
 FORMATS = {"png": "image/png", "webp": "image/webp"}
+ENCODERS = {"png": {"format": "PNG", "compress_level": 1},  # fastest levels: this runs per frame
+            "webp": {"format": "WEBP", "lossless": True, "quality": 0, "method": 0}}
 DEFAULT_CACHE_BYTES = 256 << 20
 PREFETCH_QUEUE = 64          # prefetch hints kept; older ones are dropped
 PLAY_AHEAD = 6               # frames prefetched ahead along the parameter being played
@@ -43,15 +45,9 @@ class Frame:
 
 
 def encode_image(image: np.ndarray, fmt: str) -> bytes:
-    """RGB uint8 (H, W, 3) as lossless PNG or WebP bytes (both keep the decoded pixels exactly)."""
+    """RGB uint8 (H, W, 3) as `fmt` bytes; both formats are lossless, so they keep the decoded pixels."""
     buffer = io.BytesIO()
-    picture = Image.fromarray(image)
-    if fmt == "png":
-        picture.save(buffer, format="PNG", compress_level=1)
-    elif fmt == "webp":
-        picture.save(buffer, format="WEBP", lossless=True, quality=0, method=0)
-    else:
-        raise ParameterError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    Image.fromarray(image).save(buffer, **ENCODERS[fmt])
     return buffer.getvalue()
 
 
@@ -127,7 +123,7 @@ class FrameService:
     # ------------------------------------------------------------------------------------------
     # Public side
 
-    def frame(self, row: Sequence[float], fmt: str = "png", timeout: float | None = None) -> tuple[Frame, bool]:
+    def frame(self, row: Sequence[float], fmt: str = "png") -> tuple[Frame, bool]:
         """(frame, True when it came from the cache) for one parameter row; ParameterError for a
         row outside the trained range or an unknown format."""
         key = self._key(row, fmt)
@@ -145,8 +141,7 @@ class FrameService:
                 self._hinted.remove(key)
                 self._wanted.append(key)
             self._lock.notify_all()
-        if not job.done.wait(timeout):
-            raise TimeoutError(f"frame {row} not decoded within {timeout} s")
+        job.done.wait()
         if job.error is not None:
             raise job.error
         return job.frame, False
@@ -189,7 +184,7 @@ class FrameService:
 
     def _key(self, row: Sequence[float], fmt: str) -> Key:
         if fmt not in FORMATS:
-            raise ParameterError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+            raise ParameterError(f"format={fmt[:20]!r}: expected one of {', '.join(FORMATS)}")
         values = tuple(float(v) for v in row)
         self.unseen(values)  # range check in the caller's thread: its error is the caller's
         return values, fmt
@@ -203,6 +198,9 @@ class FrameService:
                 while not (self._wanted or self._hinted or self._closed):
                     self._lock.wait()
                 if self._closed:
+                    for job in self._jobs.values():
+                        job.error = RuntimeError("the viewer is shutting down")
+                        job.done.set()
                     return
                 keys, prefetching = self._take()
                 self._busy = True
@@ -252,10 +250,12 @@ class FrameService:
         return made
 
 
-def neighbours(grids: Sequence[Sequence[float]], row: Sequence[float], play: int | None = None) -> list[tuple[float, ...]]:
-    """Rows worth prefetching around `row`, nearest first: while playing parameter `play`, the next
-    PLAY_AHEAD grid values along it (wrapping round, as the player does); otherwise the grid values
-    on either side of `row` along each parameter (the arrow keys' next stops)."""
+def neighbours(grids: Sequence[Sequence[float]], row: Sequence[float], *, play: int | None = None,
+               active: int | None = None) -> list[tuple[float, ...]]:
+    """Rows worth prefetching around `row`, likeliest first. While parameter `play` is played:
+    the next PLAY_AHEAD grid values along it, wrapping round as the player does. Otherwise the
+    grid values on either side of `row` along each parameter (the arrow keys' next stops), those
+    of the `active` parameter (the one the arrow keys step) first."""
     row = tuple(float(v) for v in row)
 
     def moved(j: int, value: float) -> tuple[float, ...]:
@@ -264,10 +264,12 @@ def neighbours(grids: Sequence[Sequence[float]], row: Sequence[float], play: int
     if play is not None:
         grid = grids[play]
         after = int(np.searchsorted(grid, row[play], side="right"))
-        steps = min(PLAY_AHEAD, len(grid) - 1) if row[play] in grid else min(PLAY_AHEAD, len(grid))
+        steps = min(PLAY_AHEAD, len(grid) - 1 if row[play] in grid else len(grid))
         return [moved(play, grid[(after + k) % len(grid)]) for k in range(steps)]
+    axes = sorted(range(len(grids)), key=lambda j: j != active)
     found = []
-    for j, grid in enumerate(grids):
+    for j in axes:
+        grid = grids[j]
         below = int(np.searchsorted(grid, row[j], side="left")) - 1
         above = int(np.searchsorted(grid, row[j], side="right"))
         found += [moved(j, grid[i]) for i in (below, above) if 0 <= i < len(grid)]

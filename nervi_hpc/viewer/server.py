@@ -3,8 +3,9 @@
 Routes (GET only):
     /  /app.js  /style.css              the page (fixed files: no path from a request touches disk)
     /api/archives                       {"archives": [facts, …]} (see ViewedArchive.facts)
-    /api/archives/<id>/frame?<name>=<value>…[&format=png|webp][&play=<name>]
-                                        one decoded frame; headers X-Decode-Ms, X-Encode-Ms,
+    /api/archives/<id>/frame?<name>=<value>…[&format=png|webp][&play=<name>][&active=<name>]
+                                        one decoded frame (play/active: which neighbours to
+                                        prefetch, see frames.neighbours); headers X-Decode-Ms, X-Encode-Ms,
                                         X-Batch, X-Cache (hit|miss), X-Unseen (true|false)
     /api/stats                          per-archive counters of the frame services
 Every bad request gets a 4xx status and a JSON body {"error": "<one line>"}; an unexpected
@@ -27,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..decode import ParameterError
 from ..errors import ConfigError
 from .archives import ViewedArchive, archive_ids
-from .frames import DEFAULT_CACHE_BYTES, FORMATS, neighbours
+from .frames import DEFAULT_CACHE_BYTES, Frame, neighbours
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": ("index.html", "text/html; charset=utf-8"),
@@ -76,21 +77,15 @@ class Viewer:
                                                      f"(served: {', '.join(self.archives)})")
         return found
 
-    def frame(self, archive_id: str, query: dict[str, list[str]]):
+    def frame(self, archive_id: str, query: dict[str, list[str]]) -> tuple[Frame, bool]:
         """(frame, cache hit) for a frame request; queues the neighbours' prefetch."""
         archive = self.archive(archive_id)
         fmt = _single(query.pop("format", ["png"]), "format")
-        play = _single(query.pop("play", [""]), "play")
-        if play and play not in archive.decoder.names:
-            raise ParameterError(f"play={play[:40]!r} is not a parameter of this archive "
-                                 f"({', '.join(archive.decoder.names)})")
+        play, active = (_axis(archive, key, _single(query.pop(key, [""]), key)) for key in ("play", "active"))
         row = archive.row(query)
-        if fmt not in FORMATS:
-            raise ParameterError(f"format={fmt[:20]!r}: expected one of {', '.join(FORMATS)}")
         frame, hit = archive.frames.frame(row, fmt)
         if self.prefetch:
-            axis = archive.decoder.names.index(play) if play else None
-            archive.frames.prefetch(neighbours(archive.grids, row, axis), fmt)
+            archive.frames.prefetch(neighbours(archive.grids, row, play=play, active=active), fmt)
         return frame, hit
 
     def stats(self) -> dict[str, Any]:
@@ -105,12 +100,23 @@ def _single(values: list[str], name: str) -> str:
     return values[0]
 
 
+def _axis(archive: ViewedArchive, key: str, name: str) -> int | None:
+    """The index of parameter `name` (None for ""), from the prefetch hints play= and active=."""
+    if not name:
+        return None
+    if name not in archive.decoder.names:
+        raise ParameterError(f"{key}={name[:40]!r} is not a parameter of this archive "
+                             f"({', '.join(archive.decoder.names)})")
+    return archive.decoder.names.index(name)
+
+
 class Handler(BaseHTTPRequestHandler):
     """Routes GET requests to the viewer; everything else is refused with JSON."""
 
     viewer: Viewer  # set on the subclass made by make_server
     server_version = "nervi-hpc-viewer"
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall on keep-alive
 
     def do_GET(self) -> None:
         try:
@@ -199,9 +205,9 @@ def make_server(viewer: Viewer, host: str = "127.0.0.1", port: int = DEFAULT_POR
 
 
 def serve(paths: Sequence[str | os.PathLike], *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-          device=None, cache_bytes: int = DEFAULT_CACHE_BYTES, ready=print) -> None:
-    """Open the archives and serve the viewer until interrupted (Ctrl-C). `ready` is called with
-    one line naming the address once the server listens."""
+          device=None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    """Open the archives and serve the viewer until interrupted (Ctrl-C); prints the address
+    once the server listens."""
     viewer = Viewer(paths, device=device, cache_bytes=cache_bytes)
     try:
         server = make_server(viewer, host, port)
@@ -209,9 +215,9 @@ def serve(paths: Sequence[str | os.PathLike], *, host: str = "127.0.0.1", port: 
             bound_host, bound_port = server.server_address[:2]
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host
             names = ", ".join(a.path.name for a in viewer.archives.values())
-            ready(f"viewing {names} at http://{shown}:{bound_port}/ (Ctrl-C to stop)")
+            print(f"viewing {names} at http://{shown}:{bound_port}/ (Ctrl-C to stop)", flush=True)
             if host not in ("127.0.0.1", "localhost", "::1"):
-                ready(f"note: listening on {host}, not only this machine; the viewer has no login")
+                print(f"note: listening on {host}, not only this machine; the viewer has no login", flush=True)
             try:
                 server.serve_forever()
             except KeyboardInterrupt:
@@ -224,5 +230,6 @@ def serve_in_thread(viewer: Viewer, host: str = "127.0.0.1", port: int = 0) -> t
     """A server for `viewer` running in a daemon thread and its base URL (tests, benchmarks);
     stop it with `server.shutdown(); server.server_close()`."""
     server = make_server(viewer, host, port)
-    threading.Thread(target=server.serve_forever, name="viewer-http", daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="viewer-http",
+                     daemon=True).start()
     return server, f"http://{host}:{server.server_address[1]}"

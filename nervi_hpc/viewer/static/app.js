@@ -4,6 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const SLIDER_STEPS = 1000;        // resolution of a slider when unseen values are allowed
 const MAX_TICKS = 64;             // grid ticks drawn under a slider
+const ARCHITECTURES = { nervi: "NeRVI", nerv: "NeRV" };
 
 const state = {
   archives: [],
@@ -61,7 +62,9 @@ function frameKey() {
 function frameUrl() {
   const q = new URLSearchParams();
   state.archive.parameters.forEach((p, j) => q.set(p.name, String(state.values[j])));
+  // prefetch hints: the server decodes next the frames this position is likeliest to be left for
   if (state.playing) q.set("play", state.archive.parameters[Number($("play-param").value)].name);
+  else q.set("active", state.archive.parameters[state.active].name);
   return `/api/archives/${encodeURIComponent(state.archive.id)}/frame?${q}`;
 }
 
@@ -326,13 +329,13 @@ function showFacts() {
   const minutes = a.training.seconds == null ? null : a.training.seconds / 60;
   const rows = [
     ["Images", `${a.count.toLocaleString()} · ${a.width} × ${a.height} px`],
-    ["Mode", escapeHtml(a.mode.toUpperCase())],
+    ["Mode", a.mode === "unknown" ? "<span class=\"muted\">not recorded</span>" : escapeHtml(a.mode.toUpperCase())],
     ["Parameters", a.parameters.map((p) => `${escapeHtml(p.name)} <span class="muted">×${p.grid.length}</span>`).join(" · ")],
     ["Archive", `${mb} <span class="muted">${escapeHtml(a.file)}</span>`],
     ["Compression", `<b>${a.compression_ratio.toFixed(1)}×</b> <span class="muted">vs raw RGB</span>`],
     ["PSNR", psnr],
     ["Quantization", `${a.bits} bits` + (a.bits_per_weight ? ` <span class="muted">· ${a.bits_per_weight.toFixed(2)} bits/weight</span>` : "")],
-    ["Model", `${escapeHtml(a.model.arch)} c1=${a.model.c1} c2=${a.model.c2}` + (a.weights ? ` <span class="muted">· ${a.weights.toLocaleString()} weights</span>` : "")],
+    ["Model", `${ARCHITECTURES[a.model.arch] || escapeHtml(a.model.arch)} c1=${a.model.c1} c2=${a.model.c2}` + (a.weights ? ` <span class="muted">· ${a.weights.toLocaleString()} weights</span>` : "")],
     ["Training", [a.training.epochs != null ? `${a.training.epochs} epochs` : null,
                   minutes != null ? `${minutes.toFixed(1)} min` : null].filter(Boolean).join(" · ") || "n/a"],
     ["Decoding on", escapeHtml(a.device)],
@@ -376,7 +379,8 @@ async function start() {
   }
   const select = $("archive");
   state.archives.forEach((a, i) => {
-    select.add(new Option(`${a.name} · ${a.mode.toUpperCase()} · ${a.width}×${a.height}`, String(i)));
+    const mode = a.mode === "unknown" ? "" : ` · ${a.mode.toUpperCase()}`;
+    select.add(new Option(`${a.name}${mode} · ${a.width}×${a.height}`, String(i)));
   });
   select.disabled = state.archives.length < 2;
   select.addEventListener("change", () => selectArchive(Number(select.value)));
@@ -389,6 +393,8 @@ async function start() {
     refresh();
   });
   $("play").addEventListener("click", () => setPlaying(!state.playing));
+  // once a choice is made, hand the arrow keys back to the grid
+  for (const id of ["archive", "play-param", "fps"]) $(id).addEventListener("change", (e) => e.target.blur());
   document.addEventListener("keydown", onKey);
   window.addEventListener("resize", fitImage);
   await selectArchive(0);
