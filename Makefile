@@ -13,8 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/nervi-hpc render jobs/examples/demo.yaml out/demo.cdb
-	$(BIN)/nervi-hpc ingest out/demo.cdb -o out/demo.zarr --contact-sheet out/demo-contact.png
+	$(BIN)/nervi-hpc submit jobs/examples/demo.yaml --wait
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q

@@ -117,6 +117,139 @@ def cmd_view(args) -> None:
           cache_bytes=args.cache_mb << 20)
 
 
+def _storage():
+    from .config import load_cluster
+    from .paths import StoragePaths
+
+    cluster = load_cluster()
+    return cluster, StoragePaths(Path(cluster.storage_root).resolve())
+
+
+def _run(ref: str):
+    from .manifest import resolve
+
+    return resolve(_storage()[1], ref)
+
+
+def cmd_submit(args) -> None:
+    from . import scheduler
+
+    cluster, _ = _storage()
+    if args.dry_run:
+        print(scheduler.dry_run(args.spec, cluster, args.profile), end="")
+        return
+    submission = scheduler.submit(args.spec, cluster, args.profile, new=args.new)
+    print(submission.summary())
+    if args.wait:
+        try:
+            _wait(submission.paths)
+        except KeyboardInterrupt:
+            run = submission.paths.root.name
+            print(f"\nstopped waiting; {run} goes on (nervi-hpc watch · nervi-hpc cancel {run})", file=sys.stderr)
+            raise
+    else:
+        print(f"follow it: nervi-hpc watch · nervi-hpc status {submission.paths.root.name}")
+
+
+def _wait(paths) -> None:
+    """Print the run's progress until it ends; the result (or one error line) at the end."""
+    import time
+
+    from .manifest import RunError
+    from .status import human_duration, snapshot
+
+    said, last_epoch_line = None, 0.0
+    while True:
+        view = snapshot([paths])[0]
+        m = view.manifest
+        states = tuple((s, r.state) for s, r in m.stages.items())
+        if states != said:
+            stage = m.active_stage
+            what = f"{stage} {m.stages[stage].state}" if stage else m.state
+            print(f"{time.strftime('%H:%M:%S')} {paths.root.name}: {what}", flush=True)
+            said = states
+        t = view.training
+        if t and m.stages["train"].state == "running" and time.monotonic() - last_epoch_line > 30:
+            print(f"{time.strftime('%H:%M:%S')}   {view.details('train')}", flush=True)
+            last_epoch_line = time.monotonic()
+        if m.terminal:
+            break
+        time.sleep(2)
+    if m.state != "done":
+        raise RunError(f"{paths.root.name} {m.state}: {m.reason} (logs: nervi-hpc logs {paths.root.name})")
+    f = m.stages["compress"].figures
+    archive = paths.root / f["archive"]
+    seconds = (m.stages["compress"].ended or 0) - (m.stages["ingest"].started or 0)
+    print(f"done in {human_duration(seconds)}: {archive}")
+    print(f"  {f['bytes']:,} bytes, CR {f['compression_ratio']:.1f}, PSNR {f['psnr']:.2f} dB "
+          f"(foreground {f['foreground_psnr']:.2f} dB); report: {paths.eval_dir / 'summary.md'}")
+    print(f"  decode: nervi-hpc decode {archive} --all -o decoded/   (one view: --param NAME=VALUE … -o view.png)")
+    print(f"  view:   nervi-hpc view {archive}")
+
+
+def cmd_list(args) -> None:
+    from rich.console import Console
+
+    from .status import all_runs, runs_table, snapshot
+
+    _, storage = _storage()
+    views = snapshot(all_runs(storage))
+    if not views:
+        print(f"no runs in {storage.runs}")
+        return
+    Console().print(runs_table(views, title=str(storage.runs)))
+
+
+def cmd_status(args) -> None:
+    from rich.console import Console
+
+    from .status import snapshot
+
+    if args.run_id is None:
+        cmd_list(args)
+        return
+    paths = _run(args.run_id)
+    Console().print(snapshot([paths])[0])
+
+
+def cmd_watch(args) -> None:
+    from .tui import watch
+
+    _, storage = _storage()
+    if args.run_id is not None:
+        _run(args.run_id)  # a wrong name fails here, with the known runs
+    watch(storage, args.run_id, interval=args.interval, once=args.once)
+
+
+def cmd_cancel(args) -> None:
+    from .scheduler import cancel
+
+    m = cancel(_run(args.run_id))
+    print(f"{m.run_id}: {m.state}")
+
+
+def cmd_fetch(args) -> None:
+    from .status import fetch
+
+    paths = _run(args.run_id)
+    written = fetch(paths, args.dest, force=args.force)
+    for path in written:
+        print(path)
+    print(f"archive verified (sha256); decode: nervi-hpc decode {written[0]} --all -o decoded/")
+
+
+def cmd_logs(args) -> None:
+    from . import manifest
+    from .status import log_path
+
+    paths = _run(args.run_id)
+    path = log_path(paths, manifest.read(paths), args.stage, args.task)
+    try:
+        sys.stdout.write(path.read_text(errors="replace"))
+    except FileNotFoundError:
+        print(f"{path}: no output yet", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nervi-hpc", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -185,6 +318,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("--cache-mb", type=int, default=256, help="encoded frames kept per archive, in MB (default 256)")
     p.set_defaults(run=cmd_view)
+
+    p = verbs.add_parser("submit", help="run ingest → train → compress for a dataset.yaml on a cluster.yaml profile")
+    p.add_argument("spec", help="dataset.yaml")
+    p.add_argument("--profile", help="cluster.yaml profile (default: its default_profile)")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts (or local jobs); submit nothing")
+    p.add_argument("--wait", action="store_true", help="follow the run until it ends; print the result")
+    p.add_argument("--new", action="store_true", help="start a new run even if this spec was submitted before")
+    p.set_defaults(run=cmd_submit)
+
+    p = verbs.add_parser("list", help="all runs: state, stage, training progress, archive")
+    p.set_defaults(run=cmd_list)
+
+    p = verbs.add_parser("status", help="a run's stages: jobs, states, epoch, loss, PSNR, ETA, archive, CR")
+    p.add_argument("run_id", metavar="RUN", nargs="?", help="run id or unique prefix (default: all runs)")
+    p.set_defaults(run=cmd_status)
+
+    p = verbs.add_parser("watch", help="live dashboard of all runs with the active job's log")
+    p.add_argument("run_id", metavar="RUN", nargs="?", help="run to show in detail (default: the newest active one)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.set_defaults(run=cmd_watch)
+
+    p = verbs.add_parser("cancel", help="cancel a run's unfinished stages")
+    p.add_argument("run_id", metavar="RUN", help="run id or unique prefix")
+    p.set_defaults(run=cmd_cancel)
+
+    p = verbs.add_parser("fetch", help="copy a finished run's archive (checksum verified), summary and contact sheet")
+    p.add_argument("run_id", metavar="RUN", help="run id or unique prefix")
+    p.add_argument("dest", help="destination folder")
+    p.add_argument("--force", action="store_true", help="overwrite files already in DEST")
+    p.set_defaults(run=cmd_fetch)
+
+    p = verbs.add_parser("logs", help="print the log of a run's job")
+    p.add_argument("run_id", metavar="RUN", help="run id or unique prefix")
+    p.add_argument("stage", nargs="?", choices=("ingest", "train", "compress"),
+                   help="default: the active stage, else the last one that ran")
+    p.add_argument("--task", type=int, default=0, help="task of a multi-task job (default 0)")
+    p.set_defaults(run=cmd_logs)
     return parser
 
 

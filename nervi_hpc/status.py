@@ -1,0 +1,314 @@
+"""What a run is doing, read from storage (manifest, training metrics, logs) and the scheduler;
+and fetching a finished run's results.
+
+`snapshot(runs)` refreshes the runs against the scheduler (its verdict wins over a manifest
+that still says running) and returns `RunView`s. A RunView renders (rich `__rich__`) as the
+table of its stages; `runs_table` renders many runs as one table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from . import atomic, manifest
+from .config import STAGES, load_dataset
+from .errors import ArchiveError, ConfigError
+from .jobs import file_sha256
+from .manifest import Manifest, RunError
+from .paths import RunPaths, StoragePaths
+from .scheduler import Verdict, refresh
+
+STATE_STYLES = {"pending": "dim", "queued": "yellow", "running": "bold cyan", "done": "green",
+                "failed": "bold red", "cancelled": "magenta"}
+METRICS_TAIL_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class Training:
+    """The newest line of the training metrics log."""
+
+    epoch: int
+    epochs: int
+    loss: float | None
+    psnr: float | None
+    images_per_s: float | None
+    eta_s: float | None
+    elapsed_s: float | None
+    budget_s: float | None  # the spec's max_minutes, when training is time-bound
+
+    @property
+    def fraction(self) -> float:
+        """How far training is: by epochs, or by the time budget when that ends it sooner."""
+        by_epochs = self.epoch / self.epochs if self.epochs else 0.0
+        by_time = self.elapsed_s / self.budget_s if self.budget_s and self.elapsed_s else 0.0
+        return min(max(by_epochs, by_time), 1.0)
+
+
+def training_progress(paths: RunPaths) -> Training | None:
+    """The last epoch record of logs/metrics.jsonl, with the ETA capped by the spec's
+    max_minutes budget; None before the first epoch."""
+    try:
+        with open(paths.metrics, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(f.tell() - METRICS_TAIL_BYTES, 0))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a partial first line of the tail, or a line being written
+            continue
+        if isinstance(record, dict) and "epochs" in record and "epoch" in record:
+            records.append(record)
+    if not records:
+        return None
+    last = records[-1]
+    eta, elapsed, budget = _finite(last.get("eta_s")), _finite(last.get("elapsed_s")), _budget_s(paths)
+    if budget is not None and elapsed is not None:
+        left = max(budget - elapsed, 0.0)
+        eta = left if eta is None else min(eta, left)
+    return Training(int(last["epoch"]), int(last["epochs"]), _finite(last.get("loss")), _number(last.get("psnr")),
+                    _finite(last.get("images_per_s")), eta, elapsed, budget)
+
+
+def _budget_s(paths: RunPaths) -> float | None:
+    try:
+        minutes = load_dataset(paths.spec).train.max_minutes
+    except ConfigError:
+        return None
+    return None if minutes is None else 60 * minutes
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _number(value: Any) -> float | None:
+    """A float, infinity included (the PSNR of an exact image), NaN as None."""
+    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Views
+
+
+@dataclass
+class RunView:
+    """One run as the user sees it: manifest, the scheduler's words on its live jobs, training."""
+
+    paths: RunPaths
+    manifest: Manifest
+    verdicts: dict[str, Verdict]
+    training: Training | None
+
+    @property
+    def run_id(self) -> str:
+        return self.paths.root.name
+
+    def scheduler_says(self, stage: str) -> str:
+        record = self.manifest.stages[stage]
+        verdict = self.verdicts.get(record.job_id or "")
+        return verdict.detail if verdict is not None and not record.terminal else ""
+
+    def details(self, stage: str) -> str:
+        """A stage's key figures: images and shards; epoch, loss, PSNR, ETA; archive size, CR, PSNR."""
+        record = self.manifest.stages[stage]
+        f = record.figures
+        if record.state == "failed" or record.state == "cancelled":
+            return record.reason or ""
+        if stage == "ingest" and f:
+            return f"{f['images']} images, {_count(f['shards'], 'shard')}, {human_bytes(f['stored_bytes'])}"
+        if stage == "train" and (record.state == "running" or f):
+            t = self.training
+            if t is None:
+                return "starting"
+            eta = f" · ETA {human_duration(t.eta_s)}" if record.state == "running" and t.eta_s is not None else ""
+            return f"epoch {t.epoch}/{t.epochs} · loss {_show(t.loss, '.4f')} · PSNR {_show(t.psnr, '.2f')} dB{eta}"
+        if stage == "compress" and f:
+            return (f"{human_bytes(f['bytes'])}, CR {f['compression_ratio']:.1f}, PSNR {_show(f['psnr'], '.2f')} dB "
+                    f"→ {f['archive']}")
+        return ""
+
+    def stage_table(self) -> Table:
+        m = self.manifest
+        title = Text.assemble(f"{self.run_id} · ", styled_state(m.state), f" · profile {m.profile} ({m.executor})")
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, expand=False)
+        for column in ("stage", "job", "state", "time"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("details", overflow="fold", min_width=24)
+        for stage in STAGES:
+            record = m.stages[stage]
+            state = styled_state(record.state)
+            if record.restarts:
+                state.append(f" ({record.restarts} restart{'s' * (record.restarts > 1)})", style="yellow")
+            if self.scheduler_says(stage):
+                state.append(f"\n{self.scheduler_says(stage)}", style="dim")
+            table.add_row(stage, record.job_id or "—", state, human_duration(_elapsed(record.started, record.ended)),
+                          self.details(stage))
+        return table
+
+    def __rich__(self):
+        parts = [self.stage_table()]
+        if self.manifest.reason:
+            parts.append(Text(f"{self.manifest.state}: {self.manifest.reason}", style=STATE_STYLES[self.manifest.state]))
+        return Group(*parts)
+
+
+def snapshot(runs: list[RunPaths]) -> list[RunView]:
+    """Views of `runs`, refreshed against the scheduler."""
+    return [RunView(paths, m, verdicts, training_progress(paths))
+            for paths, (m, verdicts) in zip(runs, refresh(runs))]
+
+
+def all_runs(storage: StoragePaths) -> list[RunPaths]:
+    return [storage.run(run_id) for run_id in manifest.run_ids(storage)]
+
+
+def runs_table(views: list[RunView], title: str | None = None) -> Table:
+    """One row per run, newest first: state, active stage, training progress, archive figures."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    widest = max((len(v.run_id) for v in views), default=3)
+    for column in ("run", "state", "stage", "training", "PSNR", "archive", "CR", "created"):
+        table.add_column(column, justify="right" if column in ("PSNR", "CR") else "left", no_wrap=True,
+                         min_width=widest if column == "run" else None)
+    for view in reversed(views):
+        m, t = view.manifest, view.training
+        archive = m.stages["compress"].figures
+        psnr = archive.get("psnr") if archive else (t.psnr if t else None)
+        training = ""
+        if t is not None:
+            training = f"{t.fraction:.0%}"
+            if m.stages["train"].state == "running" and t.eta_s is not None:
+                training += f" ETA {human_duration(t.eta_s)}"
+        stage = m.active_stage or next((s for s in STAGES if m.stages[s].state == m.state != "done"), "")
+        table.add_row(view.run_id, styled_state(m.state), stage, training, _show(psnr, ".2f"),
+                      human_bytes(archive["bytes"]) if archive else "",
+                      f"{archive['compression_ratio']:.1f}" if archive else "", _when(m.created))
+    return table
+
+
+def _when(stamp: float) -> str:
+    """HH:MM today, else MM-DD HH:MM."""
+    same_day = time.localtime(stamp)[:3] == time.localtime()[:3]
+    return time.strftime("%H:%M" if same_day else "%m-%d %H:%M", time.localtime(stamp))
+
+
+def styled_state(state: str) -> Text:
+    return Text(state, style=STATE_STYLES.get(state, ""))
+
+
+def human_bytes(count: float) -> str:
+    units = ("B", "kB", "MB", "GB", "TB")
+    step = 0
+    while count >= 1000 and step < len(units) - 1:
+        count, step = count / 1000, step + 1
+    return f"{count:.0f} B" if step == 0 else f"{count:.1f} {units[step]}"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def _elapsed(started: float | None, ended: float | None) -> float | None:
+    return None if started is None else (ended or time.time()) - started
+
+
+def _show(value: float | None, spec: str) -> str:
+    return "" if value is None else "∞" if math.isinf(value) else format(value, spec)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Logs and results
+
+
+def log_stage(m: Manifest) -> str | None:
+    """The stage whose log matters now: the running one, else the failed one, else the last
+    that started, else the first queued; None before any job exists."""
+    for wanted in ("running", "failed"):
+        for stage in STAGES:
+            if m.stages[stage].state == wanted and m.stages[stage].job_id:
+                return stage
+    started = [s for s in STAGES if m.stages[s].starts]
+    queued = [s for s in STAGES if m.stages[s].job_id]
+    return started[-1] if started else (queued[0] if queued else None)
+
+
+def log_path(paths: RunPaths, m: Manifest, stage: str | None = None, task: int = 0) -> Path:
+    """The log of task `task` of `stage`'s job (default stage: `log_stage`)."""
+    stage = stage or log_stage(m)
+    if stage is None:
+        raise RunError(f"{paths.root.name}: no job has been submitted yet")
+    record = m.stages[stage]
+    if record.job_id is None:
+        raise RunError(f"{paths.root.name}: {stage} has no job yet ({record.state})")
+    if not 0 <= task < record.tasks:
+        raise RunError(f"{paths.root.name}: {stage}'s job has tasks 0..{record.tasks - 1}, not {task}")
+    return paths.job_log(record.job_id, task)
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines of a text file ([] when it does not exist yet)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(f.tell() - 200 * lines - 4096, 0))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def fetch(paths: RunPaths, dest: str | Path, *, force: bool = False) -> list[Path]:
+    """Copy a finished run's archive (checked against the sha256 recorded when it was written),
+    summary.json, summary.md and contact sheet into the folder `dest`. Refuses to overwrite an
+    existing file unless `force`."""
+    m = manifest.read(paths)
+    figures = m.stages["compress"].figures
+    if m.stages["compress"].state != "done" or not figures:
+        raise RunError(f"{paths.root.name}: {m.state}; there is no archive to fetch yet")
+    archive = paths.root / figures["archive"]
+    sources = [archive] + [paths.eval_dir / name for name in ("summary.json", "summary.md", "contact.png")]
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise RunError(f"{dest}: not a folder; fetch writes the archive and its report into a folder")
+    targets = [dest / source.name for source in sources]
+    missing = [str(s) for s in sources if not s.is_file()]
+    if missing:
+        raise RunError(f"{missing[0]}: missing from the finished run")
+    if not force:
+        existing = [str(t) for t in targets if t.exists()]
+        if existing:
+            raise RunError(f"{existing[0]}: exists; not overwriting it (--force to replace)")
+    if file_sha256(archive) != figures["sha256"]:
+        raise ArchiveError(f"{archive}: sha256 differs from the one recorded when it was written; "
+                           f"the stored archive is damaged")
+    for source, target in zip(sources, targets):
+        with atomic.atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+            if source == archive and file_sha256(tmp) != figures["sha256"]:
+                raise ArchiveError(f"{target}: the copy's sha256 differs from the archive's; nothing written")
+    return targets
