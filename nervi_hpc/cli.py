@@ -250,6 +250,12 @@ def cmd_logs(args) -> None:
         print(f"{path}: no output yet", file=sys.stderr)
 
 
+def _decoding_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: about 4 M pixels)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nervi-hpc", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -287,9 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every image of the training grid")
     p.add_argument("-o", "--output", required=True,
                    help="IMG.png (one image), OUT.zarr (a renders store) or a folder (PNGs named by parameters)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default: about 4 M pixels)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _decoding_options(p)
     p.set_defaults(run=cmd_decode)
 
     p = verbs.add_parser("eval", help="decode every image of a store from an archive; report quality, size, speed")
@@ -297,9 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="the renders.zarr the archive was trained on")
     p.add_argument("-o", "--output",
                    help="report folder (default: RUN/eval/ for RUN/archive/X.nervi, else X-eval/ beside X)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default: about 4 M pixels)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _decoding_options(p)
     p.set_defaults(run=cmd_eval)
 
     p = verbs.add_parser("compress", help="latest checkpoint of RUN_DIR → archive/<name>.nervi → eval/")

@@ -201,7 +201,9 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
                 last_checkpoint = time.monotonic()
         if start_batch >= sampler.batches_per_epoch:
             epoch, start_batch = epoch + 1, 0
-        loss_value, psnr_value = epoch_loss / max(batches, 1), epoch_psnr / max(batches, 1)
+        if batches == 0:  # resumed from a checkpoint taken at the end of an epoch
+            continue
+        loss_value, psnr_value = epoch_loss / batches, epoch_psnr / batches
         rate = images_seen / max(time.monotonic() - clock, 1e-9)
         eta = (total_steps - step) * batch_size / rate if rate else float("nan")
         if env.is_main:
