@@ -263,7 +263,7 @@ def contact_sheet(rows: Sequence[SheetRow], vmax: float, title: str) -> np.ndarr
         text = f"{vmax * fraction:g}"
         x = GAP + fraction * (bar_width - 1) - (draw.textlength(text, font=font) * fraction)
         draw.text((x, y), text, fill=(255, 255, 255), font=font)
-    caption = f"Delta E*uv per pixel (CIE L*u*v*, sRGB D65); {vmax:g} and above saturate; ~1-2 is just noticeable"
+    caption = f"dE*uv per pixel (CIELUV, D65): >= {vmax:g} saturates, ~1-2 just noticeable"
     draw.text((GAP, y + TEXT), caption, fill=(200, 200, 200), font=font)
     return np.asarray(sheet)
 
