@@ -179,13 +179,7 @@ def submit(spec_path: str | os.PathLike, cluster: ClusterConfig, profile_name: s
     live or done, else resubmits the unfinished stages of its newest failed or cancelled run
     (they resume from what is on disk). Submissions of one spec are serialised by a lock, so
     concurrent submits never make two runs or mix their jobs."""
-    spec = load_dataset(spec_path)
-    profile_name = profile_name or cluster.default_profile
-    profile = cluster.profile(profile_name)
-    resources = plan(profile, profile_name)
-    digest = manifest.spec_digest(spec)
-    storage = StoragePaths(Path(cluster.storage_root).resolve())
-    key = f"{spec.name}-{digest[:8]}"
+    spec, profile_name, profile, resources, digest, storage, key = _request(spec_path, cluster, profile_name)
     with manifest.locked(storage.submit_lock(key)):
         runs = [] if new else _runs_of(storage, key, digest)
         live = [(paths, m) for paths, m in runs if m.state not in ("failed", "cancelled")]
@@ -197,6 +191,17 @@ def submit(spec_path: str | os.PathLike, cluster: ClusterConfig, profile_name: s
             paths, created = _create_run(storage, key, spec, digest, profile_name, profile), True
         launched = _launch(paths, profile_name, profile, resources)
         return Submission(paths, manifest.read(paths), created, launched)
+
+
+def _request(spec_path, cluster: ClusterConfig, profile_name: str | None):
+    """What a submission is about: spec, profile (name, settings, per-stage resources), the spec's
+    digest, the storage, and the run-id key `<name>-<digest[:8]>`."""
+    spec = load_dataset(spec_path)
+    profile_name = profile_name or cluster.default_profile
+    profile = cluster.profile(profile_name)
+    digest = manifest.spec_digest(spec)
+    return (spec, profile_name, profile, plan(profile, profile_name), digest,
+            StoragePaths(Path(cluster.storage_root).resolve()), f"{spec.name}-{digest[:8]}")
 
 
 def _runs_of(storage: StoragePaths, key: str, digest: str) -> list[tuple[RunPaths, Manifest]]:
@@ -519,13 +524,8 @@ def dry_run(spec_path: str | os.PathLike, cluster: ClusterConfig, profile_name: 
     each stage (Slurm), or each stage's local job."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    spec = load_dataset(spec_path)
-    profile_name = profile_name or cluster.default_profile
-    profile = cluster.profile(profile_name)
-    resources = plan(profile, profile_name)
-    digest = manifest.spec_digest(spec)
-    storage = StoragePaths(Path(cluster.storage_root).resolve())
-    paths = storage.run(f"{spec.name}-{digest[:8]}")
+    _, profile_name, profile, resources, _, storage, key = _request(spec_path, cluster, profile_name)
+    paths = storage.run(key)
     command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(paths.jobs))}"
     parts = [f"# {spec_path}: run {paths.root.name} on profile {profile_name!r} ({profile.executor})"]
     for number, stage in enumerate(STAGES):
