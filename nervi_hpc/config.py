@@ -359,13 +359,14 @@ def _build_tagged(options, raw, where):
 
 
 def _first_match(options, raw, where):
-    errors = []
+    """The value as the first option that accepts it; else one error naming every option."""
+    expected = []
     for option in options:
         try:
             return _convert(option, raw, where)
         except ConfigError as e:
-            errors.append(str(e))
-    raise ConfigError(errors[0])
+            expected.append(str(e).rpartition("(expected ")[2].rstrip(")"))
+    raise ConfigError(f"{where}: bad value {_show(raw)} (expected {' or '.join(expected)})")
 
 
 def _sequence(raw, where, expand_scalar=False):

@@ -148,3 +148,8 @@ def test_atomic_directory_replaces_existing_folder(tmp_path):
     with atomic.atomic_path(target, directory=True) as tmp:
         (tmp / "new").write_text("y")
     assert os.listdir(target) == ["new"] and os.listdir(tmp_path) == ["db"]
+
+
+def test_a_value_fitting_no_option_of_a_union_names_every_option(tmp_path):
+    msg = error_of(tmp_path, "profiles: {local: {gpus_per_node: x}}\n", load_cluster)
+    assert "profiles.local.gpus_per_node: bad value 'x'" in msg and "an integer" in msg and "auto" in msg
