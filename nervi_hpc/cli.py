@@ -9,21 +9,23 @@ from pathlib import Path
 from .errors import NerviError
 
 
-def _source_from_arg(arg: str, pattern: str | None):
+def _source_from_arg(arg: str, pattern: str | None, mode: str):
     """A Source from a dataset.yaml, a Cinema database folder, or an image folder + pattern."""
     from .config import CinemaSource, FolderSource, load_dataset
-    from .errors import SourceError
+    from .errors import ConfigError, SourceError
     from .sources import open_source
 
     path = Path(arg)
     if path.suffix in (".yaml", ".yml"):
+        if mode != "unknown":
+            raise ConfigError(f"{path}: --mode is for folders; set source.mode in the dataset.yaml")
         return open_source(load_dataset(path).source)
     if not path.is_dir():
         raise SourceError(f"{path}: not a dataset.yaml, Cinema database or image folder")
     if pattern:
-        return open_source(FolderSource(kind="folder", path=str(path), pattern=pattern))
+        return open_source(FolderSource(kind="folder", path=str(path), pattern=pattern, mode=mode))
     if (path / "data.csv").exists():
-        return open_source(CinemaSource(kind="cinema", path=str(path)))
+        return open_source(CinemaSource(kind="cinema", path=str(path), mode=mode))
     raise SourceError(f"{path}: no data.csv (not a Cinema database); for an image folder give --pattern")
 
 
@@ -44,7 +46,7 @@ def cmd_render(args) -> None:
 def cmd_ingest(args) -> None:
     from .ingest import ingest
 
-    source = _source_from_arg(args.source, args.pattern)
+    source = _source_from_arg(args.source, args.pattern, args.mode)
     result = ingest(source, args.output, shard_size=args.shard_size, workers=args.workers,
                     progress=not args.quiet, contact_sheet=args.contact_sheet)
     print(result.summary())
@@ -270,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="dataset.yaml, Cinema database folder, or image folder (with --pattern)")
     p.add_argument("-o", "--output", required=True, help="output store, e.g. renders.zarr")
     p.add_argument("--pattern", help="file name pattern of an image folder, e.g. 't{t}_theta{theta}_phi{phi}.png'")
+    p.add_argument("--mode", choices=["ir", "dvr", "unknown"], default="unknown",
+                   help="rendering mode recorded in the store (a Cinema database or folder does not say)")
     p.add_argument("--shard-size", type=int, help="images per shard (default: about 64 MB of pixels)")
     p.add_argument("--workers", type=int, help="worker processes (default: CPU count, at most 8); "
                    "under mpiexec/srun the MPI ranks are the workers")
