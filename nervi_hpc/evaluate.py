@@ -12,7 +12,6 @@ per_image.csv and contact.png (worst, median and best image: ground truth | deco
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib
 import io
 import json
@@ -130,14 +129,11 @@ def load_lpips(device: torch.device) -> tuple[torch.nn.Module | None, str | None
     if not path.is_file():
         return None, (f"the AlexNet backbone weights are not on this machine ({path} is missing) and "
                       f"are not downloaded during evaluation")
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
+    digest = atomic.file_sha256(path)
     expected = ALEXNET_WEIGHTS.rsplit("-", 1)[1].split(".")[0]
-    if not sha.hexdigest().startswith(expected):
+    if not digest.startswith(expected):
         return None, (f"{path} is not torchvision's AlexNet ImageNet weights "
-                      f"(sha256 {sha.hexdigest()[:8]}…, expected {expected}…)")
+                      f"(sha256 {digest[:8]}…, expected {expected}…)")
     try:
         import lpips
 

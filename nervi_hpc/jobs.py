@@ -9,7 +9,6 @@ A job whose stage was cancelled before it started does nothing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any, ClassVar
 
 import submitit
 
-from . import manifest
+from . import atomic, manifest
 from .config import load_dataset
 from .paths import RunPaths
 
@@ -107,7 +106,7 @@ class CompressJob(StageJob):
         _say(result.summary())
         evaluation = result.evaluation.figures if result.evaluation else {}
         return {"archive": str(result.archive.relative_to(paths.root)), "bytes": result.bytes,
-                "sha256": file_sha256(result.archive), "compression_ratio": result.compression_ratio,
+                "sha256": atomic.file_sha256(result.archive), "compression_ratio": result.compression_ratio,
                 "bits": result.bits, "parameters": result.parameters,
                 "psnr": evaluation.get("psnr_db", {}).get("mean"),
                 "foreground_psnr": evaluation.get("foreground_psnr_db", {}).get("mean"),
@@ -115,14 +114,6 @@ class CompressJob(StageJob):
 
 
 STAGE_JOBS: dict[str, type[StageJob]] = {job.stage: job for job in (IngestJob, TrainJob, CompressJob)}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def one_line(error: BaseException, limit: int = 400) -> str:

@@ -24,7 +24,6 @@ from rich.text import Text
 from . import atomic, manifest
 from .config import STAGES, load_dataset
 from .errors import ArchiveError, ConfigError
-from .jobs import file_sha256
 from .manifest import Manifest, RunError
 from .paths import RunPaths, StoragePaths
 from .scheduler import Verdict, refresh
@@ -303,12 +302,12 @@ def fetch(paths: RunPaths, dest: str | Path, *, force: bool = False) -> list[Pat
         existing = [str(t) for t in targets if t.exists()]
         if existing:
             raise RunError(f"{existing[0]}: exists; not overwriting it (--force to replace)")
-    if file_sha256(archive) != figures["sha256"]:
+    if atomic.file_sha256(archive) != figures["sha256"]:
         raise ArchiveError(f"{archive}: sha256 differs from the one recorded when it was written; "
                            f"the stored archive is damaged")
     for source, target in zip(sources, targets):
         with atomic.atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
-            if source == archive and file_sha256(tmp) != figures["sha256"]:
+            if source == archive and atomic.file_sha256(tmp) != figures["sha256"]:
                 raise ArchiveError(f"{target}: the copy's sha256 differs from the archive's; nothing written")
     return targets
