@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -331,56 +331,111 @@ def evaluate(archive: str | os.PathLike, store: str | os.PathLike, out_dir: str 
                          f"{', '.join(renders.param_names)}) are not what {archive} encodes "
                          f"({meta.width}×{meta.height}, parameters {', '.join(meta.names)})")
     count, params = renders.count, renders.params
-    plan = ms_ssim_plan(meta.height, meta.width)
-    lpips = _Lpips(decoder.device)
-    per_image = {key: np.full(count, np.nan) for key in METRICS}
     decode_seconds = 0.0
-    with progress_bar(progress) as bar:
-        task = bar.add_task(f"evaluate {archive.name}", total=count)
+
+    def decoded_batches(bar, task):
+        nonlocal decode_seconds
         for start in range(0, count, decoder.batch_size):
             stop = min(start + decoder.batch_size, count)
-            truth, masks = renders.read(range(start, stop))
             clock = time.perf_counter()
             decoded = decoder.decode(params[start:stop])
             decode_seconds += time.perf_counter() - clock
-            for key, values in _batch_metrics(truth, masks, decoded, plan, lpips, decoder.device).items():
-                per_image[key][start:stop] = values
+            yield range(start, stop), decoded
             bar.advance(task, stop - start)
-    if lpips.model is None:  # also when it failed after some batches: all or nothing
-        per_image["lpips"][:] = np.nan
-    picks = _sheet_picks(per_image["psnr"])
-    rows = _sheet_rows(decoder, renders, picks, per_image["psnr"])
 
+    with progress_bar(progress) as bar:
+        measured = measure(renders, decoded_batches(bar, bar.add_task(f"evaluate {archive.name}", total=count)),
+                           decoder.device)
     archive_bytes = archive.stat().st_size
-    figures = {
-        "schema_version": SCHEMA_VERSION,
-        "producer": f"nervi-hpc {__version__}",
-        "archive": {"path": str(archive), "bytes": archive_bytes, "bits": meta.bits,
-                    "parameters": decoder.info.parameter_count,
-                    "bits_per_parameter": decoder.info.bits_per_parameter},
-        "store": {"path": str(renders.path), "images": count, "height": meta.height, "width": meta.width,
-                  "raw_bytes": count * meta.height * meta.width * 3},
-        "compression_ratio": compression_ratio(count, meta.height, meta.width, archive_bytes),
-        "psnr_db": _stats(per_image["psnr"]),
-        "foreground_psnr_db": _stats(per_image["foreground_psnr"]),
-        "ms_ssim": {**_stats(per_image["ms_ssim"]), "standard": plan.standard, "scales": plan.scales,
-                    "window": plan.window, "weights": list(plan.weights), "note": plan.note},
-        "lpips": {**_stats(per_image["lpips"]), "available": lpips.model is not None, "net": "alex",
-                  "reason": lpips.reason, "how_to_enable": None if lpips.model else lpips_how_to_enable()},
-        "timing": {"encode_seconds": finite_or_none(meta.training.get("seconds")),
-                   "decode_seconds": decode_seconds, "images_per_second": count / max(decode_seconds, 1e-9),
-                   "device": str(decoder.device), "precision": decoder.precision,
-                   "batch_size": decoder.batch_size},
-        "contact_sheet_rows": [{"label": name, "index": i, "psnr_db": finite_or_none(per_image["psnr"][i]),
-                                "identical": bool(np.isinf(per_image["psnr"][i]))} for name, i in picks.items()],
-        "files": {"summary_md": "summary.md", "per_image": "per_image.csv", "contact_sheet": "contact.png"},
-    }
+    figures = measured.figures(
+        archive={"path": str(archive), "bytes": archive_bytes, "bits": meta.bits,
+                 "parameters": decoder.info.parameter_count,
+                 "bits_per_parameter": decoder.info.bits_per_parameter},
+        timing={"encode_seconds": finite_or_none(meta.training.get("seconds")), "decode_seconds": decode_seconds,
+                "device": str(decoder.device), "precision": decoder.precision, "batch_size": decoder.batch_size})
     title = (f"{archive.name}: {count} images {meta.width}x{meta.height}, {meta.bits}-bit, "
              f"CR {figures['compression_ratio']:.1f}, "
              f"mean PSNR {_show(figures['psnr_db']['mean'], '.2f')} dB")
+    return write_report(out_dir, measured, figures, lambda indices: decoder.decode(params[indices]), title)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Per-image metrics (METRICS → float64 (N,)) of a store's images against decoded ones, and
+    how MS-SSIM and LPIPS were computed."""
+
+    store: RenderStore
+    per_image: dict[str, np.ndarray]
+    plan: MsSsimPlan
+    lpips_reason: str | None   # None: LPIPS was computed for every image
+
+    def figures(self, *, archive: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
+        """summary.json (docs/summary-schema.md) for a collection encoded in `archive["bytes"]`
+        bytes; `timing` gives encode_seconds, decode_seconds, device, precision, batch_size (and
+        optionally more keys); images_per_second is added."""
+        store, per_image, plan = self.store, self.per_image, self.plan
+        count = store.count
+        timing = {"encode_seconds": timing["encode_seconds"], "decode_seconds": timing["decode_seconds"],
+                  "images_per_second": count / max(timing["decode_seconds"], 1e-9), **timing}
+        picks = _sheet_picks(per_image["psnr"])
+        available = self.lpips_reason is None
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "producer": f"nervi-hpc {__version__}",
+            "archive": archive,
+            "store": {"path": str(store.path), "images": count, "height": store.height, "width": store.width,
+                      "raw_bytes": count * store.height * store.width * 3},
+            "compression_ratio": compression_ratio(count, store.height, store.width, archive["bytes"]),
+            "psnr_db": _stats(per_image["psnr"]),
+            "foreground_psnr_db": _stats(per_image["foreground_psnr"]),
+            "ms_ssim": {**_stats(per_image["ms_ssim"]), "standard": plan.standard, "scales": plan.scales,
+                        "window": plan.window, "weights": list(plan.weights), "note": plan.note},
+            "lpips": {**_stats(per_image["lpips"]), "available": available, "net": "alex",
+                      "reason": self.lpips_reason, "how_to_enable": None if available else lpips_how_to_enable()},
+            "timing": timing,
+            "contact_sheet_rows": [{"label": name, "index": i, "psnr_db": finite_or_none(per_image["psnr"][i]),
+                                    "identical": bool(np.isinf(per_image["psnr"][i]))} for name, i in picks.items()],
+            "files": {"summary_md": "summary.md", "per_image": "per_image.csv", "contact_sheet": "contact.png"},
+        }
+
+
+def measure(store: RenderStore, batches: Iterable[tuple[Sequence[int], np.ndarray]],
+            device: str | torch.device = "cpu") -> Measurement:
+    """Compare decoded images with the ground truth of `store`: `batches` yields (store indices,
+    decoded uint8 (b, H, W, 3)) in any order; together they must cover every image once."""
+    device = torch.device(device)
+    plan = ms_ssim_plan(store.height, store.width)
+    lpips = _Lpips(device)
+    per_image = {key: np.full(store.count, np.nan) for key in METRICS}
+    seen = np.zeros(store.count, bool)
+    for indices, decoded in batches:
+        indices = np.asarray(indices, dtype=np.int64)
+        truth, masks = store.read(indices.tolist())
+        for key, values in _batch_metrics(truth, masks, decoded, plan, lpips, device).items():
+            per_image[key][indices] = values
+        seen[indices] = True
+    if not seen.all():
+        raise ValueError(f"{store.path}: images {_first(np.flatnonzero(~seen))} were not decoded")
+    if lpips.model is None:  # also when it failed after some batches: all or nothing
+        per_image["lpips"][:] = np.nan
+    return Measurement(store, per_image, plan, lpips.reason if lpips.model is None else None)
+
+
+def _first(indices: np.ndarray, shown: int = 5) -> str:
+    return ", ".join(map(str, indices[:shown])) + (" …" if len(indices) > shown else "")
+
+
+def write_report(out_dir: str | os.PathLike, measured: Measurement, figures: dict[str, Any],
+                 decoded_at: Callable[[list[int]], np.ndarray], title: str) -> EvalResult:
+    """Write contact.png (its images from `decoded_at(store indices)`), per_image.csv,
+    summary.md and summary.json (`figures`) into `out_dir`, each atomically."""
+    out_dir = Path(out_dir)
+    store = measured.store
+    rows = _sheet_rows(store, {row["label"]: row["index"] for row in figures["contact_sheet_rows"]},
+                       measured.per_image["psnr"], decoded_at)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_png(out_dir / "contact.png", contact_sheet(rows, DELTA_E_SCALE, title))
-    atomic.write_text(out_dir / "per_image.csv", _per_image_csv(meta.names, params, per_image))
+    atomic.write_text(out_dir / "per_image.csv", _per_image_csv(store.param_names, store.params, measured.per_image))
     atomic.write_text(out_dir / "summary.md", _markdown(figures))
     atomic.write_text(out_dir / "summary.json", json.dumps(figures, indent=2, allow_nan=False) + "\n")
     return EvalResult(out_dir, figures)
@@ -409,21 +464,28 @@ def _sheet_picks(psnr: np.ndarray) -> dict[str, int]:
     return {"worst": int(order[0]), "median": int(order[(len(order) - 1) // 2]), "best": int(order[-1])}
 
 
-def _sheet_rows(decoder: Decoder, renders: RenderStore, picks: dict[str, int], psnr: np.ndarray) -> list[SheetRow]:
+def _sheet_rows(renders: RenderStore, picks: dict[str, int], psnr: np.ndarray,
+                decoded_at: Callable[[list[int]], np.ndarray]) -> list[SheetRow]:
     """Contact-sheet rows in the order of `picks` (worst, median, best), one per distinct image."""
     labels: dict[int, list[str]] = {}
     for name, index in picks.items():
         labels.setdefault(index, []).append(name)
     indices = list(labels)
     truth, _ = renders.read(indices)
-    decoded = decoder.decode(renders.params[indices])
+    decoded = decoded_at(indices)
     rows = []
     for k, index in enumerate(indices):
         delta = delta_e_uv(truth[k], decoded[k])
-        rows.append(SheetRow(f"{'/'.join(labels[index])}: #{index} {decoder.describe(renders.params[index])}  "
+        where = describe(renders.param_names, renders.params[index])
+        rows.append(SheetRow(f"{'/'.join(labels[index])}: #{index} {where}  "
                              f"PSNR {_psnr_text(psnr[index])}, mean dE {delta.mean():.2f}",
                              truth[k], decoded[k], delta))
     return rows
+
+
+def describe(names: Sequence[str], row: np.ndarray) -> str:
+    """`t=3 theta=45 phi=90` for a parameter row (as nervi_hpc.decode.Decoder.describe)."""
+    return " ".join(f"{n}={np.format_float_positional(float(v), trim='-')}" for n, v in zip(names, row))
 
 
 def _psnr_text(value: float) -> str:
@@ -460,6 +522,21 @@ def _per_image_csv(names, params, per_image) -> str:
     return out.getvalue()
 
 
+def archive_name(archive: dict[str, Any]) -> str:
+    """The file name of a nervi archive, or `codec setting` of a baseline codec's encoding."""
+    if archive.get("path") is None:
+        return f"{archive['codec']} {archive['setting']}"
+    return Path(archive["path"]).name
+
+
+def _archive_text(a: dict[str, Any]) -> str:
+    if "bits" in a:
+        return (f"{a['bytes']:,} bytes, {a['bits']}-bit, {a['bits_per_parameter']:.2f} bits/parameter "
+                f"({a['parameters']:,} parameters)")
+    options = ", ".join(f"{k} {v}" for k, v in a["options"].items())
+    return f"{a['bytes']:,} bytes, {a['encoder']} ({options})"
+
+
 def _markdown(f: dict[str, Any]) -> str:
     def row(label, stats, spec):
         cells = [_show(stats[k], spec) for k in ("mean", "median", "min", "max")]
@@ -473,7 +550,7 @@ def _markdown(f: dict[str, Any]) -> str:
     lpips = f["lpips"]
     timing = f["timing"]
     lines = [
-        f"# Evaluation of {Path(f['archive']['path']).name}",
+        f"# Evaluation of {archive_name(f['archive'])}",
         "",
         f"{f['store']['images']} images of {f['store']['width']}×{f['store']['height']} from "
         f"`{f['store']['path']}`, decoded on {timing['device']} ({timing['precision']}).",
@@ -489,10 +566,9 @@ def _markdown(f: dict[str, Any]) -> str:
         "",
         "| size and speed | |",
         "|---|---|",
-        f"| archive | {f['archive']['bytes']:,} bytes, {f['archive']['bits']}-bit, "
-        f"{f['archive']['bits_per_parameter']:.2f} bits/parameter ({f['archive']['parameters']:,} parameters) |",
+        f"| archive | {_archive_text(f['archive'])} |",
         f"| compression ratio (N·H·W·3 / archive) | {f['compression_ratio']:.1f} |",
-        f"| encode (training) time | {_show(timing['encode_seconds'], '.1f')} s |",
+        f"| encode {'(training) ' * ('bits' in f['archive'])}time | {_show(timing['encode_seconds'], '.1f')} s |",
         f"| decode time | {timing['decode_seconds']:.2f} s, {timing['images_per_second']:.1f} img/s "
         f"(batch {timing['batch_size']}) |",
         "",
