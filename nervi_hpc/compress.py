@@ -8,6 +8,7 @@ archive (that would change the file whose size they report); they go to `eval/`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import torch
 
 from . import checkpoint
 from .codec.archive import compression_ratio, write_archive
+from .codec.prune import prune as prune_weights
 from .codec.quantize import DEFAULT_BITS, quantize
 from .decode import ArchiveMeta, Parameter
 from .errors import ConfigError, NerviError, StoreError
@@ -66,11 +68,12 @@ class CompressResult:
 
 def compress(run_dir: str | os.PathLike, *, bits: int = DEFAULT_BITS, name: str | None = None,
              evaluate: bool = True, device: str | torch.device | None = None,
-             progress: bool = False) -> CompressResult:
+             progress: bool = False, prune: float | None = None) -> CompressResult:
     """Write `run_dir/archive/<name>.nervi` from the latest complete checkpoint, then (unless
     `evaluate` is false) evaluate it against the run's store into `run_dir/eval/`.
 
-    `name` defaults to the dataset's name; it must be a plain file name stem.
+    `name` defaults to the dataset's name; it must be a plain file name stem. `prune`: the
+    fraction of weights zeroed by global magnitude pruning before quantization (codec.prune).
     """
     paths = RunPaths(Path(run_dir))
     found = checkpoint.latest(paths.checkpoints)
@@ -79,11 +82,15 @@ def compress(run_dir: str | os.PathLike, *, bits: int = DEFAULT_BITS, name: str 
     state, config = checkpoint.load(found)
     store = RenderStore.open(paths.store)
     meta = archive_meta(state, config, found.name, store, bits, _final_figures(paths.metrics, state["step"]))
+    weights = state["model"]
+    if prune is not None:
+        weights = prune_weights(weights, prune)
+        meta = dataclasses.replace(meta, training={**meta.training, "pruned": prune})
     name = name or config.get("dataset", {}).get("name") or paths.root.name
     if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
         raise ConfigError(f"archive name {name!r}: expected a plain file name (no path separators)")
     path = paths.archive_dir / f"{name}.nervi"
-    quantized = quantize(state["model"], bits)
+    quantized = quantize(weights, bits)
     size = write_archive(path, quantized, meta.to_json())
     evaluation = (evaluate_archive(path, paths.store, paths.eval_dir, device=device, progress=progress)
                   if evaluate else None)
