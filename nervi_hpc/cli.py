@@ -112,6 +112,16 @@ def cmd_compress(args) -> None:
         print(result.evaluation.summary())
 
 
+def cmd_bench(args) -> None:
+    from .bench import Bench
+
+    bench = Bench(args.spec, args.out, max_minutes=args.max_minutes, only=args.only, progress=not args.quiet)
+    if args.report_only:
+        bench.report()
+    else:
+        bench.run()
+
+
 def cmd_view(args) -> None:
     from .viewer import serve
 
@@ -316,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="evaluation device: cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_compress)
+
+    p = verbs.add_parser("bench", help="rate–distortion benchmark: nervi-hpc variants against standard codecs")
+    p.add_argument("spec", help="bench spec, e.g. jobs/bench/tornado-ir.yaml")
+    p.add_argument("--out", help="output folder (default: bench/<spec name>/)")
+    p.add_argument("--only", nargs="+", metavar="LABEL", help="run only these nervi variants or codecs")
+    p.add_argument("--max-minutes", type=float, help="training minutes of every nervi run (overrides the spec)")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from the results on disk")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=cmd_bench)
 
     p = verbs.add_parser("view", help="explore archives in the browser: a local web viewer decoding on the fly")
     p.add_argument("archives", nargs="+", metavar="ARCHIVE", help="one or more .nervi archives (e.g. IR and DVR)")

@@ -17,7 +17,7 @@ import numpy as np
 from . import atomic
 
 TARGET_CRS = (100, 300, 700, 1000)
-TICKS = (1, 3, 10, 30, 100, 300, 700, 1000, 3000, 10000, 30000)
+TICKS = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000)
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,10 @@ def plot(points: Sequence[Point], path: str | os.PathLike, metric: str, title: s
             nervi = mine[0].kind == "nervi"
             axis.plot(*zip(*xy), marker="o" if nervi else ".", linestyle="-" if nervi else "--",
                       linewidth=2.2 if nervi else 1.2, color=colours[k % len(colours)], label=method)
+        crs = [p.cr for p in points]
         for target in TARGET_CRS:
-            axis.axvline(target, color="0.85", linewidth=0.8, zorder=0)
+            if min(crs) <= target <= max(crs):
+                axis.axvline(target, color="0.8", linewidth=0.8, zorder=0)
         axis.set_xscale("log")
         low, high = axis.get_xlim()
         axis.set_xticks([t for t in TICKS if low <= t <= high])
