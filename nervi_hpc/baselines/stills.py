@@ -101,7 +101,7 @@ def _chroma(chroma: str) -> str:
 
 class Avif(StillCodec):
     name, Options = "avif", AvifOptions
-    encoder = f"libavif {imagecodecs.avif_version()} (aom)"
+    encoder = f"{imagecodecs.avif_version()} (aom)"
     sweep = (90, 75, 60, 45, 30, 15, 0)
 
     def arguments(self, options, threads):
@@ -119,7 +119,7 @@ class Avif(StillCodec):
 
 class JpegXl(StillCodec):
     name, Options = "jpegxl", JpegXlOptions
-    encoder = f"libjxl {imagecodecs.jpegxl_version()}"
+    encoder = imagecodecs.jpegxl_version()
     sweep = (95, 85, 70, 55, 40, 25, 10)
 
     def arguments(self, options, threads):
@@ -137,7 +137,7 @@ class JpegXl(StillCodec):
 
 class Webp(StillCodec):
     name, Options = "webp", WebpOptions
-    encoder = f"libwebp {imagecodecs.webp_version()}"
+    encoder = imagecodecs.webp_version()
     sweep = (95, 80, 60, 40, 20, 5, 0)
 
     def arguments(self, options, threads):
@@ -155,7 +155,7 @@ class Webp(StillCodec):
 
 class Jpeg(StillCodec):
     name, Options = "jpeg", JpegOptions
-    encoder = f"libjpeg-turbo {imagecodecs.jpeg8_version()}"
+    encoder = imagecodecs.jpeg8_version()
     sweep = (95, 80, 60, 40, 20, 10, 1)
 
     def arguments(self, options, threads):
