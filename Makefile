@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP)  # every benchmark, printing its figures (tens of minutes on 2 CPU cores)
-	for b in render ingest train decode codec viewer baselines; do $(BIN)/python benchmarks/$$b.py || exit 1; done
+	for b in render ingest train decode codec entropy viewer baselines; do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) out

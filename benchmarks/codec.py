@@ -30,10 +30,10 @@ SHAPES = [(128, 24), (128, 128), (1024, 128), (1024, 128), (128, 128)] + [
     for shape in ((c_out * 4, c_in, 3, 3), (c_out * 4,), (c_out,), (c_out,))] + [(4, 16, 1, 1), (4,)]
 
 
-def trained_looking(distribution: str, seed: int = 0) -> dict[str, torch.Tensor]:
+def trained_looking(distribution: str, seed: int = 0, shapes=SHAPES) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(seed)
     state = {}
-    for i, shape in enumerate(SHAPES):
+    for i, shape in enumerate(shapes):
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 64
         spread = 1 / np.sqrt(fan_in) * rng.uniform(0.5, 1.5, size=(shape[0],) + (1,) * (len(shape) - 1))
         draw = rng.normal if distribution == "gaussian" else rng.laplace
