@@ -119,3 +119,12 @@ def test_420_video_needs_an_even_image_size(make_store):
 def test_unknown_codec_names_the_known_ones():
     with pytest.raises(ConfigError, match=r"unknown codec 'mpeg2' \(codecs: h264, hevc, av1, avif"):
         codec("mpeg2")
+
+
+def test_x264_and_x265_are_tuned_for_psnr_unless_told_otherwise():
+    h264, hevc = codec("h264"), codec("hevc")
+    assert h264.encoder_options(30, VideoOptions(), 2) == {"crf": "30", "threads": "2", "tune": "psnr"}
+    assert h264.encoder_options(30, VideoOptions(tune=None, preset="slow"), 1) == {"crf": "30", "threads": "1",
+                                                                                    "preset": "slow"}
+    assert hevc.encoder_options(24, VideoOptions(), 1)["x265-params"].startswith("pools=1:")
+    assert "tune" not in codec("av1").encoder_options(40, codec("av1").Options(), 1)
