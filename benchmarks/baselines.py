@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from nervi_hpc.baselines import CODECS
-from nervi_hpc.baselines.base import default_threads
+from nervi_hpc.baselines.base import Stopwatch, default_threads, timed
 from nervi_hpc.config import load_dataset
 from nervi_hpc.ingest import ingest
 from nervi_hpc.sources import open_source
@@ -28,20 +27,14 @@ from nervi_hpc.store import RenderStore
 DEFAULT_DATASET = Path(__file__).resolve().parent.parent / "jobs" / "examples" / "tornado-ir.yaml"
 
 
-def mean_psnr(store: RenderStore, decoded, clock: list[float]) -> float:
-    """Mean per-image PSNR of the decoded batches; the time spent decoding is added to clock[0]."""
+def mean_psnr(store: RenderStore, decoded, clock: Stopwatch) -> float:
+    """Mean per-image PSNR of the decoded batches; the time spent decoding is added to `clock`."""
     values = []
-    iterator = iter(decoded)
-    while True:
-        started = time.perf_counter()
-        batch = next(iterator, None)
-        clock[0] += time.perf_counter() - started
-        if batch is None:
-            return float(np.mean(values))
-        indices, images = batch
+    for indices, images in timed(decoded, clock):
         truth, _ = store.read(indices.tolist())
         mse = ((truth.astype(np.float64) - images) ** 2).mean(axis=(1, 2, 3))
         values.extend(10 * np.log10(255 ** 2 / np.maximum(mse, 1e-12)))
+    return float(np.mean(values))
 
 
 def main() -> None:
@@ -62,11 +55,11 @@ def main() -> None:
             codec = CODECS[name]
             value = codec.sweep[len(codec.sweep) // 2]
             encoded = codec.encode(store, value, codec.Options(), args.threads)
-            decode_seconds = [0.0]
-            psnr = mean_psnr(store, encoded.decode(), decode_seconds)
+            decode_clock = Stopwatch()
+            psnr = mean_psnr(store, encoded.decode(), decode_clock)
             cr = store.count * store.height * store.width * 3 / encoded.nbytes
             print(f"{name:8} {codec.setting(value):9} {codec.encoder:26} {cr:8.1f} {psnr:8.2f} "
-                  f"{store.count / encoded.encode_seconds:10.1f} {store.count / decode_seconds[0]:10.1f}", flush=True)
+                  f"{store.count / encoded.encode_seconds:10.1f} {store.count / decode_clock.seconds:10.1f}", flush=True)
 
 
 if __name__ == "__main__":

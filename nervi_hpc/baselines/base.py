@@ -121,7 +121,7 @@ def default_threads() -> int:
     return torch.get_num_threads()
 
 
-def _timed(batches: Iterable, clock: Stopwatch) -> Iterator:
+def timed(batches: Iterable, clock: Stopwatch) -> Iterator:
     """`batches`, with the time spent producing each item added to `clock`."""
     iterator = iter(batches)
     while True:
@@ -153,7 +153,7 @@ def run(codec: Codec, store: RenderStore, value: float, out_dir: str | os.PathLi
     label = label or codec.name
     encoded = codec.encode(store, value, options, threads)
     decode_clock = Stopwatch()
-    measured = measure(store, _timed(encoded.decode(), decode_clock), device)
+    measured = measure(store, timed(encoded.decode(), decode_clock), device)
     setting = codec.setting(value)
     figures = measured.figures(
         archive={"path": None, "bytes": encoded.nbytes, "codec": label, "encoder": codec.encoder,
