@@ -128,3 +128,11 @@ def test_x264_and_x265_are_tuned_for_psnr_unless_told_otherwise():
                                                                                     "preset": "slow"}
     assert hevc.encoder_options(24, VideoOptions(), 1)["x265-params"].startswith("pools=1:")
     assert "tune" not in codec("av1").encoder_options(40, codec("av1").Options(), 1)
+
+
+def test_measuring_refuses_a_decoding_that_misses_images(store):
+    from nervi_hpc.evaluate import measure
+
+    truth, _ = store.read(range(8))
+    with pytest.raises(ValueError, match=r"images 3, 7 were not decoded"):
+        measure(store, [(np.array([0, 1, 2, 4, 5, 6]), truth[[0, 1, 2, 4, 5, 6]])])
