@@ -38,8 +38,8 @@ from nervi_hpc.store import RenderStore
 from nervi_hpc.train import train
 
 VIEWS = 800  # the paper's viewpoint grid: theta 0…171, phi 0…351, 9° steps
-CR300_MODEL = {"c1": 16, "c2": 64, "min_channels": 4}
-PAPER_MODEL = {"c1": 128, "c2": 1024}
+CR300_MODEL = {"preset": "paper", "c1": 16, "c2": 64, "min_channels": 4}
+PAPER_MODEL = {"preset": "paper"}
 
 
 def paper_grid_meta(size: int, model: dict) -> ArchiveMeta:

@@ -33,7 +33,7 @@ from nervi_hpc.decode import ArchiveMeta, Parameter
 from nervi_hpc.model import NeRVI, count_parameters, model_config
 from nervi_hpc.viewer import Viewer, serve_in_thread
 
-CR300_MODEL = {"c1": 16, "c2": 64, "min_channels": 4}
+CR300_MODEL = {"preset": "paper", "c1": 16, "c2": 64, "min_channels": 4}
 PACED_FPS = 10
 
 

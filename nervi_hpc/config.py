@@ -148,6 +148,9 @@ class TrainSpec:
     lr: float = field(default=5e-4, metadata=check(_positive, "a positive learning rate"))
     schedule: Literal["cosine", "constant"] = "cosine"
     mask_loss: Literal["l1", "bce"] = "l1"
+    ssim_weight: float = field(default=0.3, metadata=check(lambda v: v >= 0, "a weight ≥ 0"))
+    composite_weight: float = field(default=0.0, metadata=check(lambda v: v >= 0, "a weight ≥ 0"))
+    grid_lr_scale: float = field(default=1.0, metadata=check(_positive, "a positive factor"))
     warmup: float = field(default=0.05, metadata=check(lambda v: 0 <= v < 1, "a fraction in [0, 1)"))
     final_lr: float = field(default=0.01, metadata=check(lambda v: 0 <= v <= 1, "a fraction of lr in [0, 1]"))
     seed: int = 0

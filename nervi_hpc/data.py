@@ -38,6 +38,7 @@ class RenderDataset(torch.utils.data.Dataset):
         self.shard_size = store.shard_size
         self.param_names = tuple(store.param_names)
         self.ranges = [store.ranges[n] for n in self.param_names]
+        self.grids = {n: store.grids[n] for n in self.param_names}
         self.background = tuple(store.background)
         self.inputs = torch.from_numpy(normalize(store.params, self.ranges))
         self._store: RenderStore | None = None  # opened lazily in each loader process

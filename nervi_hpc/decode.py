@@ -341,12 +341,12 @@ class Decoder:
         self.check(params)
         inputs = torch.from_numpy(normalize(params, self.meta.ranges))
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
-        background = self.meta.background
+        background, soft = self.meta.background, self.meta.model.composite == "soft"
         for start in range(0, len(inputs), self.batch_size):
             x = inputs[start:start + self.batch_size].to(self.device)
             with torch.inference_mode(), autocast:
                 output = self.model(x).float()
-            images = to_uint8(composite(output, background))
+            images = to_uint8(composite(output, background, soft))
             if output.shape[1] == 4:
                 masks = (output[:, 3] > 0.5).to(torch.uint8)
             else:
@@ -457,7 +457,8 @@ def _parse_float(text, where: str) -> float:
 @dataclass
 class ArchiveSource(Source):
     """Decoded images of an archive as a Source, so that nervi_hpc.ingest writes them as a
-    renders store (same schema, sharding, atomic finish). The mask is passed as alpha."""
+    renders store (same schema, sharding, atomic finish). The images are passed composited, so
+    the store's mask is where a decoded pixel differs from the background."""
 
     decoder: Decoder = field(default=None, repr=False, compare=False)
 
@@ -469,8 +470,7 @@ class ArchiveSource(Source):
                    decoder=decoder)
 
     def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        images, masks = self.decoder.decode_with_masks(self.params[list(indices)])
-        return images, masks * np.uint8(255)
+        return self.decoder.decode(self.params[list(indices)]), None
 
 
 def png_name(names: Sequence[str], row: np.ndarray) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,7 @@ from .errors import ConfigError, ModelError
 
 MAX_FACTOR = 5          # largest PixelShuffle factor of one upscale block
 MAX_STEM_CELLS = 256    # h0·w0 at most: rb2's last layer has (c1·h0·w0)² weights
+MAX_GRID_NODES = 64     # finest feature-grid nodes along one parameter
 EXAMPLE_SIZES = "e.g. 64×64, 256×256, 400×400, 1024×1024, 1920×1080"
 
 
@@ -36,12 +39,28 @@ def _factors_or_none(v) -> bool:
     return v is None or all(2 <= s <= MAX_FACTOR for s in v)
 
 
+def _sizes_or_none(v) -> bool:
+    return v is None or all(x >= 1 for x in v)
+
+
+def _periods_or_none(v) -> bool:
+    return v is None or all(x == 0 or x >= 2 for x in v)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the network; the defaults are the paper's model.
 
     `stem` (h0, w0) and `upscale` (PixelShuffle factors) are chosen from the image size by
     `plan_upscale` when None; `resolved()` fills them in so a stored config never depends on it.
+    `grid_features` > 0 adds learnable feature grids over the parameter space (`grid_levels`
+    resolutions, the finest `grid_size` nodes per parameter) beside the positional encoding.
+    `periodic` names parameters that wrap around (φ: 359° is next to 0°); `periods` holds each
+    input's period in normalised units (0: none) and `grid_size` the finest grid, both filled in
+    from the collection by `model_config`. `composite` "soft" blends RGB over the background by
+    the predicted mask (alpha), "hard" (the paper) picks one where mask > 0.5. `stem_layer`
+    "single" makes the start grid with one layer c1 → c1·h0·w0 instead of the paper's residual
+    block, whose (c1·h0·w0)² weights rule out a large start grid.
     """
 
     arch: Literal["nervi", "nerv"] = "nervi"
@@ -56,9 +75,17 @@ class ModelConfig:
     stem: tuple[int, int] | None = field(default=None, metadata=check(_pair_or_none, "[h0, w0], each ≥ 1"))
     upscale: tuple[int, ...] | None = field(default=None,
                                             metadata=check(_factors_or_none, f"factors in 2..{MAX_FACTOR}"))
+    grid_features: int = field(default=0, metadata=check(lambda v: v >= 0, "0 (no grid) or more"))
+    grid_levels: int = field(default=3, metadata=check(_positive_int, "a positive integer"))
+    grid_size: tuple[int, ...] | None = field(default=None, metadata=check(_sizes_or_none, "sizes ≥ 1"))
+    periodic: tuple[str, ...] = ()
+    periods: tuple[float, ...] | None = field(default=None,
+                                              metadata=check(_periods_or_none, "0 or a period ≥ 2"))
+    composite: Literal["hard", "soft"] = "hard"
+    stem_layer: Literal["residual", "single"] = "residual"
 
     def __post_init__(self):
-        for name in ("stem", "upscale"):  # lists from callers become tuples: hashable, comparable
+        for name in ("stem", "upscale", "grid_size", "periodic", "periods"):  # lists → tuples: hashable
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         for f in dataclasses.fields(self):
@@ -95,12 +122,15 @@ class ModelConfig:
 PRESETS = {
     "paper": ModelConfig(),
     "nerv": ModelConfig(arch="nerv"),
+    "grid": ModelConfig(grid_features=16, periodic=("phi",), composite="soft"),
 }
-DEFAULT_PRESET = "paper"
+DEFAULT_PRESET = "grid"
+PERIODS = {"phi": 360.0}  # the period of each parameter that `periodic` may name
 
 
 def preset(name: str, height: int, width: int) -> ModelConfig:
-    """A named configuration resolved for height × width: `paper` (exactly the paper) or `nerv`."""
+    """A named configuration resolved for height × width: `paper` (exactly the paper), `nerv`
+    or `grid` (the default: feature grids, periodic φ, soft compositing)."""
     return model_config({"preset": name}, height, width)
 
 
@@ -109,7 +139,8 @@ SIZED_MIN_CHANNELS = 4
 
 
 def model_config(section: dict[str, Any], height: int, width: int, *, count: int | None = None,
-                 num_params: int = 3, bits: int = 9) -> ModelConfig:
+                 num_params: int = 3, bits: int = 9,
+                 grids: Mapping[str, Sequence[float]] | None = None) -> ModelConfig:
     """The `model:` section of dataset.yaml, resolved for `count` images of height × width.
 
     `preset` (default `paper`) names the base; any other ModelConfig key overrides that field.
@@ -117,6 +148,7 @@ def model_config(section: dict[str, Any], height: int, width: int, *, count: int
     SIZED_MIN_CHANNELS channels per block) whose `bits`-bit weights fit count·H·W·3 / target_cr
     bytes. A section that names neither a preset nor c1/c2 is sized for DEFAULT_TARGET_CR, so a
     collection gets a model in proportion to it; `preset: paper` alone is exactly the paper.
+    `grids` (each parameter's sampled values, in input order) fills in `periods` and `grid_size`.
     """
     valid = ["preset", "target_cr"] + [f.name for f in dataclasses.fields(ModelConfig)]
     for key in section:
@@ -127,6 +159,9 @@ def model_config(section: dict[str, Any], height: int, width: int, *, count: int
         raise ModelError(f"model.preset: unknown preset {name!r} (presets: {', '.join(PRESETS)})")
     overrides = {k: v for k, v in section.items() if k not in ("preset", "target_cr")}
     config = ModelConfig.from_dict({**PRESETS[name].to_dict(), **overrides}).resolved(height, width)
+    if grids is not None:
+        config = with_parameter_grids(config, grids)
+        num_params = len(grids)
     target = section.get("target_cr")
     if target is None and not {"preset", "c1", "c2"} & section.keys():
         target = DEFAULT_TARGET_CR
@@ -139,6 +174,25 @@ def model_config(section: dict[str, Any], height: int, width: int, *, count: int
     if count is None:
         raise ModelError("model.target_cr: the image count is needed to size the model")
     return sized_for(config, height, width, num_params, budget=count * height * width * 3 / target * 8 / bits)
+
+
+def with_parameter_grids(config: ModelConfig, grids: Mapping[str, Sequence[float]]) -> ModelConfig:
+    """`config` with `periods` and `grid_size` taken from the parameters' sampled values: a
+    periodic parameter's grid wraps around with one node per step of its sampling."""
+    unknown = sorted(set(config.periodic) - set(PERIODS))
+    if unknown:
+        raise ModelError(f"model.periodic: {', '.join(unknown)} has no known period "
+                         f"(periodic parameters: {', '.join(PERIODS)})")
+    periods, sizes = [], []
+    for name, values in grids.items():
+        low, high = min(values), max(values)
+        period = PERIODS.get(name) if name in config.periodic and high > low else None
+        if period is not None and high - low >= period:
+            raise ModelError(f"model.periodic: {name} spans {low:g}..{high:g}, a full period ({period:g}) or more")
+        periods.append(0.0 if period is None else 2 * period / (high - low))
+        steps = round(period / min(np.diff(sorted(values)))) if period is not None else len(values)
+        sizes.append(max(1, min(MAX_GRID_NODES, steps)))
+    return dataclasses.replace(config, periods=tuple(periods), grid_size=tuple(sizes))
 
 
 def sized_for(config: ModelConfig, height: int, width: int, num_params: int, budget: float) -> ModelConfig:
@@ -239,26 +293,88 @@ def _split(total: int) -> tuple[int, ...] | None:
 # Layers
 
 
-class PositionalEncoding(nn.Module):
-    """Per input x in [-1, 1]: [x (optional)], sin(2^i·π·u), cos(2^i·π·u) for i < levels, with
-    u = (x + 1)/2 ∈ [0, 1].
+def unit_coordinates(x: torch.Tensor, periods: Sequence[float] | None) -> torch.Tensor:
+    """Inputs x ∈ [-1, 1] as u = (x + 1)/2 ∈ [0, 1], or for a periodic input u = (x + 1)/period,
+    the fraction of its period (so u = 1 is u = 0 again)."""
+    if periods is None:
+        return (x + 1) / 2
+    span = torch.tensor([p if p else 2.0 for p in periods], dtype=x.dtype, device=x.device)
+    return (x + 1) / span
 
-    Encoding x itself with the lowest frequency π would alias the two ends of the range (at
-    x = ±1 every sin is 0 and every cos is (−1)^(2^i)): the first and last time step, or the
+
+class PositionalEncoding(nn.Module):
+    """Per input: [x (optional)], sin(2^i·π·u), cos(2^i·π·u) for i < levels, with u from
+    `unit_coordinates`; a periodic input uses sin/cos(2^i·2π·u) instead, periodic in u.
+
+    Encoding x ∈ [-1, 1] itself with the lowest frequency π would alias the two ends of the range
+    (at x = ±1 every sin is 0 and every cos is (−1)^(2^i)): the first and last time step, or the
     top and bottom views, would get the same code and the network could not tell them apart.
     """
 
-    def __init__(self, levels: int, include_input: bool):
+    def __init__(self, levels: int, include_input: bool, periods: Sequence[float] | None = None):
         super().__init__()
         self.levels = levels
         self.include_input = include_input
+        self.periods = periods
         self.features_per_input = 2 * levels + int(include_input)
+        self.base = [2 * math.pi if p else math.pi for p in periods] if periods is not None else math.pi
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        frequencies = math.pi * 2.0 ** torch.arange(self.levels, device=x.device, dtype=x.dtype)
-        angles = ((x.unsqueeze(-1) + 1) / 2) * frequencies
+        base = torch.tensor(self.base, dtype=x.dtype, device=x.device) if self.periods is not None else math.pi
+        u = unit_coordinates(x, self.periods)
+        scales = 2.0 ** torch.arange(self.levels, device=x.device, dtype=x.dtype)
+        angles = (u * base).unsqueeze(-1) * scales
         parts = ([x.unsqueeze(-1)] if self.include_input else []) + [torch.sin(angles), torch.cos(angles)]
         return torch.cat(parts, dim=-1).flatten(-2)
+
+
+class FeatureGrid(nn.Module):
+    """Learnable features on `levels` regular grids over the parameter space, interpolated
+    multilinearly (wrapping around periodic inputs) and concatenated over the levels.
+
+    The finest grid has `sizes` nodes per parameter (one per sampled value: every image gets its
+    own corner); each coarser level halves them. Coarse levels share features between
+    neighbouring views, fine ones hold what is particular to each.
+    """
+
+    def __init__(self, sizes: Sequence[int], periods: Sequence[float], levels: int, features: int):
+        super().__init__()
+        self.periods = tuple(periods)
+        self.resolutions = [tuple(max(1, math.ceil(n / 2 ** (levels - 1 - level))) for n in sizes)
+                            for level in range(levels)]
+        # (features, nodes): the archive quantizes per first axis, so each feature gets its own
+        # scale, not each node (a min/scale pair per 16 values would cost almost half the bits)
+        self.tables = nn.ParameterList(
+            nn.Parameter(torch.empty(features, math.prod(r)).uniform_(-0.1, 0.1)) for r in self.resolutions)
+        self.out_features = levels * features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = unit_coordinates(x, self.periods)
+        periodic = torch.tensor([p > 0 for p in self.periods], device=x.device)
+        return torch.cat([self._interpolate(table, resolution, u, periodic)
+                          for table, resolution in zip(self.tables, self.resolutions)], dim=-1)
+
+    @staticmethod
+    def _interpolate(table: torch.Tensor, resolution: tuple[int, ...], u: torch.Tensor,
+                     periodic: torch.Tensor) -> torch.Tensor:
+        n = torch.tensor(resolution, device=u.device, dtype=u.dtype)
+        position = torch.where(periodic, u * n, u * (n - 1)).clamp_min(0)
+        low = position.floor()
+        weight = position - low
+        low = low.long()
+        size = n.long()
+        high = torch.where(periodic, (low + 1) % size, (low + 1).clamp_max(size - 1))
+        low = torch.where(periodic, low % size, low.clamp_max(size - 1))
+        strides = [math.prod(resolution[d + 1:]) for d in range(len(resolution))]
+        out = 0
+        for corner in range(2 ** len(resolution)):
+            index, w = 0, 1
+            for d, stride in enumerate(strides):
+                upper = corner >> d & 1
+                index = index + (high[:, d] if upper else low[:, d]) * stride
+                w = w * (weight[:, d] if upper else 1 - weight[:, d])
+            out = out + w.unsqueeze(-1) * table[:, index].T
+        return out
 
 
 class SineLayer(nn.Module):
@@ -329,10 +445,23 @@ class NeRVI(nn.Module):
         self.height, self.width, self.num_params = height, width, num_params
         c1, (h0, w0), factors = self.config.c1, self.config.stem, self.config.upscale
 
-        self.encoding = PositionalEncoding(self.config.pe_levels, self.config.pe_include_input)
+        periods = self.config.periods
+        if periods is not None and len(periods) != num_params:
+            raise ModelError(f"model.periods: {len(periods)} values for {num_params} parameters")
+        self.encoding = PositionalEncoding(self.config.pe_levels, self.config.pe_include_input, periods)
         in_features = num_params * self.encoding.features_per_input
+        self.grid = None
+        if self.config.grid_features:
+            sizes = self.config.grid_size
+            if sizes is None or len(sizes) != num_params:
+                raise ModelError(f"model.grid_size: needs one size per parameter ({num_params}), got {sizes}")
+            self.grid = FeatureGrid(sizes, periods or (0.0,) * num_params, self.config.grid_levels,
+                                    self.config.grid_features)
+            in_features += self.grid.out_features
+        stem_cells = c1 * h0 * w0
         self.mlp = nn.Sequential(self._residual_block(in_features, c1, first=True),
-                                 self._residual_block(c1, c1 * h0 * w0, first=False))
+                                 self._residual_block(c1, stem_cells, first=False)
+                                 if self.config.stem_layer == "residual" else self._layer(c1, stem_cells, False))
         channels = self.config.channels(len(factors))
         self.upscale = nn.Sequential(*(UpscaleBlock(i, o, s, self.config.norm)
                                        for i, o, s in zip([c1] + channels[:-1], channels, factors)))
@@ -353,7 +482,10 @@ class NeRVI(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.num_params:
             raise ModelError(f"model: expected input of shape (batch, {self.num_params}), got {tuple(x.shape)}")
         h0, w0 = self.config.stem
-        grid = self.mlp(self.encoding(x)).reshape(x.shape[0], self.config.c1, h0, w0)
+        features = self.encoding(x)
+        if self.grid is not None:
+            features = torch.cat([features, self.grid(x)], dim=-1)
+        grid = self.mlp(features).reshape(x.shape[0], self.config.c1, h0, w0)
         return torch.sigmoid(self.head(self.upscale(grid)))
 
 
@@ -366,8 +498,9 @@ def count_parameters(model: nn.Module) -> int:
 # Inference
 
 
-def composite(output: torch.Tensor, background: tuple[int, int, int]) -> torch.Tensor:
-    """RGB (…, 3, H, W) in [0, 1]: predicted RGB where the mask > 0.5, else `background` (0–255).
+def composite(output: torch.Tensor, background: tuple[int, int, int], soft: bool = False) -> torch.Tensor:
+    """RGB (…, 3, H, W) in [0, 1]: predicted RGB where the mask > 0.5, else `background` (0–255);
+    `soft` blends them instead, mask·RGB + (1 − mask)·background (anti-aliased silhouettes).
 
     A 3-channel (NeRV) output is returned as is.
     """
@@ -375,6 +508,8 @@ def composite(output: torch.Tensor, background: tuple[int, int, int]) -> torch.T
         return output
     rgb, mask = output[..., :3, :, :], output[..., 3:4, :, :]
     colour = torch.tensor(background, dtype=output.dtype, device=output.device).view(3, 1, 1) / 255
+    if soft:
+        return colour + mask * (rgb - colour)
     return torch.where(mask > 0.5, rgb, colour)
 
 

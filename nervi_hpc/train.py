@@ -112,8 +112,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     max_minutes = max_minutes if max_minutes is not None else cfg.max_minutes
     env = setup_distributed()
     data = RenderDataset(paths.store)
-    mcfg = model_config(spec.model, data.height, data.width, count=data.count,
-                        num_params=len(data.param_names))
+    mcfg = model_config(spec.model, data.height, data.width, count=data.count, grids=data.grids)
     batch_size = cfg.batch_size or default_batch_size(data.height, data.width, data.count, env.world_size)
     sampler = ShardAwareSampler(data.count, data.shard_size, batch_size, env.rank, env.world_size, cfg.seed)
     loader = torch.utils.data.DataLoader(
@@ -125,7 +124,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     cuda = env.device.type == "cuda"
     memory_format = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.Adam(parameter_groups(model, cfg.grid_lr_scale), lr=cfg.lr, betas=(0.9, 0.999))
     step = epoch = start_batch = 0
     trained_seconds = 0.0
     found = checkpoint.latest(paths.checkpoints)
@@ -141,7 +140,9 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device] if cuda else None)
     net = torch.compile(model) if cfg.compile else model
     module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    loss_fn = loss_for(mcfg.arch, cfg.mask_loss)
+    loss_fn = loss_for(mcfg.arch, cfg.mask_loss, ssim_weight=cfg.ssim_weight,
+                       composite_weight=cfg.composite_weight, background=data.background)
+    soft = mcfg.composite == "soft"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp != "off"
                 else contextlib.nullcontext())
     total_steps = cfg.epochs * sampler.batches_per_epoch
@@ -178,7 +179,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             elapsed, since_checkpoint = _agree([now - started, now - last_checkpoint], env)
             time_progress = elapsed / (60 * max_minutes) if max_minutes else 0.0
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, max(step / total_steps, time_progress))
+                group["lr"] = group["lr_scale"] * learning_rate(cfg, max(step / total_steps, time_progress))
             with autocast:
                 output = net(inputs)
                 loss = loss_fn(output.float(), images, masks)
@@ -191,7 +192,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             images_seen += len(inputs) * env.world_size
             with torch.no_grad():
                 epoch_loss += loss.item()
-                epoch_psnr += psnr(composite(output.float(), data.background), images).item()
+                epoch_psnr += psnr(composite(output.float(), data.background, soft), images).item()
             trained_seconds = time.monotonic() - started
             if max_minutes and time_progress >= 1.0:
                 stopped = True
@@ -211,6 +212,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
                       lr=optimizer.param_groups[0]["lr"], images_per_s=rate, eta_s=eta,
                       elapsed_s=trained_seconds, epochs=cfg.epochs)
             bar.update(epoch, loss_value, psnr_value, rate, eta)
+    recalibrate_batchnorm(module, data.inputs.to(env.device), batch_size)
     final = save(stopped)
     bar.close()
     if log:
@@ -222,6 +224,38 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     return TrainResult(str(final or checkpoint.latest(paths.checkpoints)), epoch, step, trained_seconds,
                        images_seen / max(time.monotonic() - clock, 1e-9), loss_value, psnr_value,
                        count_parameters(module), stopped, _digest(module))
+
+
+def parameter_groups(model: torch.nn.Module, grid_lr_scale: float) -> list[dict]:
+    """Adam's parameter groups: the feature grids (whose entries each see only the images next
+    to them, so they learn faster with a larger step) at lr × grid_lr_scale, the rest at lr."""
+    grid = [p for n, p in model.named_parameters() if n.startswith("grid.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("grid.")]
+    return [{"params": rest, "lr_scale": 1.0}] + ([{"params": grid, "lr_scale": grid_lr_scale}] if grid else [])
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(module: torch.nn.Module, inputs: torch.Tensor, batch_size: int) -> None:
+    """Set every BatchNorm's running statistics to their average over the whole collection.
+
+    Training updates them as a moving average of batch statistics while the weights change
+    fast, so at the end they lag the network and the decoded images (eval mode) come out worse
+    than in training. One forward pass over all parameter tuples (no images needed) fixes them.
+    """
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = module.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    module.train()
+    for start in range(0, len(inputs), batch_size):
+        module(inputs[start:start + batch_size])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    module.train(was_training)
 
 
 def _digest(module: torch.nn.Module) -> str:

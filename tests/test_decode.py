@@ -14,6 +14,7 @@ from nervi_hpc import checkpoint
 from nervi_hpc.cli import main
 from nervi_hpc.codec.archive import PREFIX, read_archive
 from nervi_hpc.compress import compress
+from nervi_hpc.data import normalize
 from nervi_hpc.decode import (ArchiveMeta, Decoder, ParameterError, build_model, parse_assignments, pick_device,
                               png_name, read_params_csv, unseen_notes, write_outputs)
 from nervi_hpc.errors import ArchiveError, ConfigError
@@ -71,11 +72,24 @@ def test_eval_mode_makes_each_image_independent_of_its_batch(decoder, archive):
     assert np.abs(odd_batches.decode(grid).astype(int) - together).max() <= 1
 
 
-def test_inference_rule_background_where_the_mask_is_off(decoder):
-    grid = decoder.grid()
-    images, masks = decoder.decode_with_masks(grid)
+def test_hard_compositing_puts_the_background_where_the_mask_is_off(tmp_path):
+    run = make_run(tmp_path, epochs=3, composite="hard")
+    hard = Decoder.open(compress(run, evaluate=False).archive, device="cpu")
+    images, masks = hard.decode_with_masks(hard.grid())
     assert set(np.unique(masks)) <= {0, 1}
     assert (images[masks == 0] == 255).all()
+
+
+def test_soft_compositing_blends_rgb_over_the_background_by_the_mask(decoder):
+    assert decoder.meta.model.composite == "soft"  # the default preset
+    grid = decoder.grid()
+    with torch.no_grad():
+        output = decoder.model(torch.from_numpy(normalize(grid, decoder.meta.ranges)).float())
+    rgb, mask = output[:, :3], output[:, 3:]
+    expected = (mask * rgb + (1 - mask) * 1.0) * 255  # white background
+    images = decoder.decode(grid).astype(float)
+    assert np.abs(images - expected.permute(0, 2, 3, 1).numpy()).max() <= 0.5 + 1e-3
+    assert ((images < 255) & (images > 0)).any()
 
 
 def test_all_to_a_png_folder(decoder, tmp_path):
@@ -97,8 +111,8 @@ def test_all_to_a_renders_store(decoder, archive, tmp_path):
     assert store.background == (255, 255, 255) and store.mode == "ir" and archive.name in store.source
     assert store.grids == {p.name: list(p.grid) for p in decoder.meta.parameters}
     images, masks = store.read(range(16))
-    expected_images, expected_masks = decoder.decode_with_masks(grid)
-    assert np.array_equal(images, expected_images) and np.array_equal(masks, expected_masks)
+    expected = decoder.decode(grid)
+    assert np.array_equal(images, expected) and np.array_equal(masks, (expected != 255).any(axis=-1))
 
 
 def test_one_png_holds_one_image(decoder, tmp_path):

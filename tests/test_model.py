@@ -262,7 +262,11 @@ def test_forward_under_bf16_autocast():
     assert torch.isfinite(out.float()).all() and out.min() >= 0 and out.max() <= 1
 
 
-def test_target_cr_sizes_the_model_for_the_collection():
+VIEWS = {"t": [0.0], "theta": [float(v) for v in range(0, 172, 9)], "phi": [float(v) for v in range(0, 352, 9)]}
+
+
+@pytest.mark.parametrize("name", ["paper", "grid"])
+def test_target_cr_sizes_the_model_for_the_collection(name):
     from nervi_hpc.model import count_parameters
 
     def params(config):
@@ -271,14 +275,72 @@ def test_target_cr_sizes_the_model_for_the_collection():
 
     raw = 800 * 256 * 256 * 3
     for target in (100, 300, 1000):
-        config = model_config({"target_cr": target}, 256, 256, count=800)
+        config = model_config({"preset": name, "target_cr": target}, 256, 256, count=800, grids=VIEWS)
         cr = raw / (params(config) * 9 / 8)
         assert target <= cr < 1.5 * target, (target, cr, config.c2)
         assert config.c1 == max(8, config.c2 // 4) and min(config.channels(5)) >= 4
-    assert model_config({}, 256, 256, count=800) == model_config({"target_cr": 300}, 256, 256, count=800)
+    assert model_config({}, 256, 256, count=800, grids=VIEWS) == model_config(
+        {"preset": "grid", "target_cr": 300}, 256, 256, count=800, grids=VIEWS)
     with pytest.raises(ModelError, match="either target_cr or c1/c2"):
         model_config({"target_cr": 300, "c2": 64}, 256, 256, count=800)
     with pytest.raises(ModelError, match="lower target_cr"):
-        model_config({"target_cr": 1e6}, 256, 256, count=800)
+        model_config({"preset": "paper", "target_cr": 1e6}, 256, 256, count=800)
     with pytest.raises(ModelError, match="image count is needed"):
-        model_config({}, 256, 256)
+        model_config({"preset": "paper", "target_cr": 300}, 256, 256)
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature grids, periodic inputs, soft compositing (the default preset)
+
+GRIDS = {"t": [0.0, 1.0, 2.0], "theta": [0.0, 90.0, 180.0], "phi": [0.0, 90.0, 180.0, 270.0]}
+
+
+def test_parameter_grids_fill_in_periods_and_grid_sizes():
+    config = model_config({"preset": "grid", "c1": 8, "c2": 16}, 64, 64, grids=GRIDS)
+    # φ sampled every 90° over 0..270: 4 nodes around the circle, period 360° = 2·360/270 units
+    assert config.grid_size == (3, 3, 4) and config.periods == (0.0, 0.0, pytest.approx(2 * 360 / 270))
+    with pytest.raises(ModelError, match="full period"):
+        model_config({"preset": "grid", "c1": 8, "c2": 16}, 64, 64, grids={**GRIDS, "phi": [0.0, 360.0]})
+    with pytest.raises(ModelError, match="no known period"):
+        model_config({"preset": "grid", "c1": 8, "c2": 16, "periodic": ["theta", "phi"]}, 64, 64, grids=GRIDS)
+    with pytest.raises(ModelError, match="grid_size"):
+        build(model_config({"preset": "grid", "c1": 8, "c2": 16}, 64, 64), 64, 64, 3)
+
+
+def test_feature_grid_interpolates_between_nodes_and_wraps_around_periodic_inputs():
+    from nervi_hpc.model import FeatureGrid
+
+    grid = FeatureGrid(sizes=(3, 4), periods=(0.0, 2 * 360 / 270), levels=1, features=2)
+    table = grid.tables[0].detach().T.reshape(3, 4, 2)
+    x = lambda t, phi: torch.tensor([[t / 1.0 - 1, phi / 135 - 1]])  # t ∈ 0..2, φ ∈ 0..270
+    with torch.no_grad():
+        assert torch.allclose(grid(x(1, 90)), table[1, 1])
+        assert torch.allclose(grid(x(0.5, 90)), (table[0, 1] + table[1, 1]) / 2)
+        assert torch.allclose(grid(x(2, 315)), (table[2, 3] + table[2, 0]) / 2, atol=1e-6)  # 315° between 270° and 0°
+        assert torch.allclose(grid(x(2, 360)), table[2, 0], atol=1e-6)
+
+
+def test_periodic_positional_encoding_is_the_same_one_period_apart():
+    period = 2 * 360 / 270
+    encoding = PositionalEncoding(3, False, periods=(0.0, period))
+    a, b = torch.tensor([[0.2, -1.0]]), torch.tensor([[0.2, -1.0 + period]])
+    assert torch.allclose(encoding(a), encoding(b), atol=1e-5)
+    assert not torch.allclose(encoding(torch.tensor([[-1.0, 0.0]])), encoding(torch.tensor([[1.0, 0.0]])))
+
+
+def test_default_preset_model_tells_every_view_apart_and_builds_on_meta():
+    config = model_config({"c1": 8, "c2": 16}, 32, 32, grids=GRIDS)
+    assert config.grid_features > 0 and config.composite == "soft"
+    model = build(config, 32, 32, 3).eval()
+    x = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1 / 3]])
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 4, 32, 32) and not torch.allclose(out[0], out[1])
+    with torch.device("meta"):
+        assert count_parameters(NeRVI(config, 32, 32, 3)) == count_parameters(model)
+
+
+def test_soft_composite_blends_by_the_mask():
+    output = torch.tensor([0.2, 0.4, 0.6, 0.25]).view(1, 4, 1, 1)
+    blended = composite(output, (255, 0, 255), soft=True).flatten()
+    assert torch.allclose(blended, torch.tensor([0.25 * 0.2 + 0.75, 0.25 * 0.4, 0.25 * 0.6 + 0.75]))
