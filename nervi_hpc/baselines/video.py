@@ -140,9 +140,9 @@ def _x265_threads(threads: int) -> dict[str, str]:
 
 
 CODECS = (
-    VideoCodec("h264", "libx264", "h264", (12, 18, 24, 30, 36, 42, 51), VideoOptions,
+    VideoCodec("h264", "libx264", "h264", (6, 12, 18, 24, 30, 36, 42, 51), VideoOptions,
                lambda threads: {"threads": str(threads)}),
-    VideoCodec("hevc", "libx265", "hevc", (12, 18, 24, 30, 36, 42, 51), VideoOptions, _x265_threads),
-    VideoCodec("av1", "libsvtav1", "obu", (16, 24, 32, 40, 48, 56, 63), Av1Options,
+    VideoCodec("hevc", "libx265", "hevc", (6, 12, 18, 24, 30, 36, 42, 51), VideoOptions, _x265_threads),
+    VideoCodec("av1", "libsvtav1", "obu", (8, 16, 24, 32, 40, 48, 56, 63), Av1Options,
                lambda threads: {"svtav1-params": f"lp={threads}"}),
 )
