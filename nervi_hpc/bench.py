@@ -350,7 +350,7 @@ def markdown(spec_path: Path, store: dict[str, Any], points: list[rd.Point], tab
         lines += [f"| {m} | {kinds[m]} | " + " | ".join(_near_cell(table[m][t][key]) for t in targets) + " |"
                   for m in methods]
         lines.append("")
-    if bd:
+    if any(bd.values()):  # nervi methods and codecs both measured
         codecs = list(next(iter(bd.values())))
         for key, name in (("psnr", "whole-image PSNR"), ("foreground_psnr", "foreground PSNR")):
             lines += [f"## BD-rate of nervi-hpc against each codec ({name})", "",

@@ -175,3 +175,13 @@ def test_report_tables_show_interpolated_and_nearest_values_and_bd_rates():
     assert f"| nervi | nervi | 36.00 (at 104) | {at_300:.2f} | 30.00 (at 690) | — |" in text
     assert "| h264 | codec |" in text and "| — |" not in text.split("| h264 | codec |")[1].splitlines()[0]
     assert f"| nervi | {bd['nervi']['h264']['psnr']:+.1f} % |" in text
+
+
+def test_a_report_without_codecs_has_no_bd_rate_table():
+    from nervi_hpc.bench import markdown
+    from nervi_hpc.rd import Point
+
+    points = [Point("a", "cr300", "nervi", 290.0, 30.0, 25.0, 0.99, 60.0, 1.0)]
+    table = {"a": {str(t): {"psnr": None, "foreground_psnr": None} for t in (100, 300, 700, 1000)}}
+    text = markdown(Path("b.yaml"), {"images": 1, "width": 8, "height": 8, "path": "s"}, points, table, {"a": {}}, [])
+    assert "BD-rate" not in text and "| a | cr300 | 290.0 | 30.00 | 25.00 | 0.9900 |" in text
