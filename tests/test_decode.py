@@ -85,8 +85,8 @@ def test_soft_compositing_blends_rgb_over_the_background_by_the_mask(decoder):
     grid = decoder.grid()
     with torch.no_grad():
         output = decoder.model(torch.from_numpy(normalize(grid, decoder.meta.ranges)).float())
-    rgb, mask = output[:, :3], output[:, 3:]
-    expected = (mask * rgb + (1 - mask) * 1.0) * 255  # white background
+    rgb, alpha = output[:, :3], ((output[:, 3:] - 0.25) / 0.5).clamp(0, 1)
+    expected = (alpha * rgb + (1 - alpha) * 1.0) * 255  # white background
     images = decoder.decode(grid).astype(float)
     assert np.abs(images - expected.permute(0, 2, 3, 1).numpy()).max() <= 0.5 + 1e-3
     assert ((images < 255) & (images > 0)).any()

@@ -340,7 +340,9 @@ def test_default_preset_model_tells_every_view_apart_and_builds_on_meta():
         assert count_parameters(NeRVI(config, 32, 32, 3)) == count_parameters(model)
 
 
-def test_soft_composite_blends_by_the_mask():
-    output = torch.tensor([0.2, 0.4, 0.6, 0.25]).view(1, 4, 1, 1)
-    blended = composite(output, (255, 0, 255), soft=True).flatten()
-    assert torch.allclose(blended, torch.tensor([0.25 * 0.2 + 0.75, 0.25 * 0.4, 0.25 * 0.6 + 0.75]))
+def test_soft_composite_blends_by_a_ramp_of_the_mask():
+    output = torch.tensor([[0.2, 0.4, 0.6, 0.1], [0.2, 0.4, 0.6, 0.5], [0.2, 0.4, 0.6, 0.9]]).view(3, 4, 1, 1)
+    blended = composite(output, (255, 0, 255), soft=True).flatten(1)
+    assert torch.allclose(blended[0], torch.tensor([1.0, 0.0, 1.0]))       # mask ≤ 0.25: background
+    assert torch.allclose(blended[1], torch.tensor([0.6, 0.2, 0.8]))       # 0.5: half way
+    assert torch.allclose(blended[2], torch.tensor([0.2, 0.4, 0.6]))       # ≥ 0.75: the RGB
