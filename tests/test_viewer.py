@@ -6,6 +6,7 @@ import dataclasses
 import http.client
 import io
 import json
+import os
 import shutil
 import signal
 import socket
@@ -335,7 +336,8 @@ def test_cli_view_refuses_a_missing_archive_in_one_line(tmp_path, capsys):
 
 def test_cli_view_serves_until_interrupted(archive):
     process = subprocess.Popen([sys.executable, "-m", "nervi_hpc.cli", "view", str(archive), "--port", "0",
-                                "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})  # as the tests' own torch
     try:
         line = process.stdout.readline()
         assert line.startswith(f"viewing {archive.name} at http://127.0.0.1:"), line + process.stderr.read()
