@@ -344,7 +344,8 @@ def test_cli_view_serves_until_interrupted(archive):
         base = line.split(" at ")[1].split("/ ")[0]
         assert json.loads(get(f"{base}/api/archives")[0])["archives"][0]["count"] == 16
         process.send_signal(signal.SIGINT)
-        assert process.wait(60) == 0  # generous: shutdown waits for in-flight decodes on a loaded machine
+        _, err = process.communicate(timeout=60)  # drains the pipes: a full one would block the viewer
+        assert process.returncode == 0, err
     finally:
         if process.poll() is None:
             process.kill()
