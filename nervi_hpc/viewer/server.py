@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 from dataclasses import asdict
@@ -204,11 +205,17 @@ def make_server(viewer: Viewer, host: str = "127.0.0.1", port: int = DEFAULT_POR
     return server
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def serve(paths: Sequence[str | os.PathLike], *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
           device=None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-    """Open the archives and serve the viewer until interrupted (Ctrl-C); prints the address
+    """Open the archives and serve the viewer until interrupted (Ctrl-C, SIGTERM); prints the address
     once the server listens."""
     viewer = Viewer(paths, device=device, cache_bytes=cache_bytes)
+    for stop in (signal.SIGINT, signal.SIGTERM):  # also when started where SIGINT is ignored
+        signal.signal(stop, _interrupt)           # (a background job of a script), and on kill
     try:
         server = make_server(viewer, host, port)
         with server:
