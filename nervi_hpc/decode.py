@@ -341,7 +341,7 @@ class Decoder:
         self.check(params)
         inputs = torch.from_numpy(normalize(params, self.meta.ranges))
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
-        background, soft = self.meta.background, self.meta.model.composite == "soft"
+        background, soft = self.meta.background, self.meta.model.soft
         for start in range(0, len(inputs), self.batch_size):
             x = inputs[start:start + self.batch_size].to(self.device)
             with torch.inference_mode(), autocast:

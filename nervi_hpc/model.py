@@ -101,6 +101,11 @@ class ModelConfig:
         h0, w0, factors = plan_upscale(height, width, self.stem, self.upscale)
         return dataclasses.replace(self, stem=(h0, w0), upscale=factors)
 
+    @property
+    def soft(self) -> bool:
+        """Whether decoded images blend RGB over the background (`composite(..., soft=)`)."""
+        return self.composite == "soft"
+
     def channels(self, blocks: int) -> list[int]:
         """Output channels of each upscale block: c2, c2/decay, …, never below min_channels."""
         return [max(self.min_channels, round(self.c2 / self.channel_decay ** i)) for i in range(blocks)]

@@ -146,7 +146,6 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     loss_fn = loss_for(mcfg.arch, cfg.mask_loss, ssim_weight=cfg.ssim_weight,
                        composite_weight=cfg.composite_weight, background=data.background)
-    soft = mcfg.composite == "soft"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp != "off"
                 else contextlib.nullcontext())
     total_steps = cfg.epochs * sampler.batches_per_epoch
@@ -196,7 +195,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             images_seen += len(inputs) * env.world_size
             with torch.no_grad():
                 epoch_loss += loss.item()
-                epoch_psnr += psnr(composite(output.float(), data.background, soft), images).item()
+                epoch_psnr += psnr(composite(output.float(), data.background, mcfg.soft), images).item()
             trained_seconds = time.monotonic() - started
             if max_minutes and time_progress >= 1.0:
                 stopped = True
