@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from . import atomic, baselines, rd
+from . import atomic, baselines, checkpoint, rd
 from .codec.quantize import DEFAULT_BITS
 from .config import DatasetSpec, TrainSpec, build, check, load_dataset, read_yaml, to_dict
 from .errors import ConfigError
@@ -255,6 +255,17 @@ class Bench:
             result = train(run_dir, spec, progress=self.progress)
             atomic.write_text(marker, json.dumps(asdict(result), indent=2) + "\n")
             self.say(f"  {result.summary()}")
+        if bits == DEFAULT_BITS and fraction is None:
+            for snapshot in checkpoint.complete_steps(paths.snapshots):
+                where = out / "time" / snapshot.name
+                if not (where / "summary.json").is_file():
+                    state, _ = checkpoint.load(snapshot)
+                    atomic.write_text(where / "snapshot.json", json.dumps(
+                        {"minutes": state["seconds"] / 60, "cpu_minutes": state.get("cpu_seconds", 0.0) / 60,
+                         "epochs": state["epoch"]}) + "\n")
+                    archive = compress(run_dir, name=f"{method}-{snapshot.name}", evaluate=False,
+                                       source=snapshot).archive
+                    evaluate(archive, paths.store, where, progress=self.progress)
         archive = compress(run_dir, bits=bits, name=method, evaluate=False, prune=fraction).archive
         evaluate(archive, paths.store, out, progress=self.progress)
 
@@ -291,16 +302,46 @@ class Bench:
                   for c in codecs} for n in nervi}
         first = self.result_dir(points[0].method, points[0].setting) / "summary.json"
         store = {**json.loads(first.read_text())["store"], "path": str(self.store_path.resolve())}
+        curves_in_time, codec_lines = self.time_curves(points)
         results = {"spec": str(self.spec_path), "store": store, "points": [asdict(p) for p in points],
                    "at_cr": table, "bd_rate_percent": bd,
+                   "in_time": {run: [asdict(p) for p in curve] for run, curve in curves_in_time.items()},
+                   "codecs_at_run_cr": codec_lines,
                    "missing": [f"{t.method}/{t.setting}" for t in missing]}
         self.out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(self.out / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
-        atomic.write_text(self.out / "results.md", markdown(self.spec_path, store, points, table, bd, missing))
+        atomic.write_text(self.out / "results.md", markdown(self.spec_path, store, points, table, bd, missing)
+                          + time_markdown(curves_in_time, codec_lines))
         title = f"{self.spec_path.stem}: {store['images']} images {store['width']}x{store['height']}"
         rd.plot(points, self.out / "rd-psnr.png", "psnr", title)
         rd.plot(points, self.out / "rd-msssim.png", "ms_ssim", title)
-        self.say(f"report: {self.out / 'results.md'}, {self.out / 'rd-psnr.png'}, {self.out / 'rd-msssim.png'}")
+        if curves_in_time:
+            rd.plot_time(curves_in_time, codec_lines, self.out / "rd-time.png", title)
+        self.say(f"report: {self.out / 'results.md'}, {self.out / 'rd-psnr.png'}, {self.out / 'rd-msssim.png'}"
+                 + (f", {self.out / 'rd-time.png'}" if curves_in_time else ""))
+
+    def time_curves(self, points: list[rd.Point]) -> tuple[dict[str, list[rd.TimePoint]], dict[str, dict[str, float]]]:
+        """Each nervi run's snapshot archives ({"method setting": points}), and each codec's PSNR
+        at that run's final CR ({"method setting": {codec: dB}}), for rd-time.png."""
+        curves, lines = {}, {}
+        codecs = {p.method for p in points if p.kind == "codec"}
+        for point in points:
+            folder = self.result_dir(point.method, point.setting) / "time"
+            if point.kind != "nervi" or not folder.is_dir():
+                continue
+            run = f"{point.method} {point.setting}"
+            curve = []
+            for summary in sorted(folder.glob("*/summary.json")):
+                figures = json.loads(summary.read_text())
+                when = json.loads((summary.parent / "snapshot.json").read_text())
+                curve.append(rd.TimePoint(run, when["minutes"], when["cpu_minutes"], when["epochs"],
+                                          figures["compression_ratio"], figures["psnr_db"]["mean"],
+                                          figures["foreground_psnr_db"]["mean"]))
+            if curve:
+                curves[run] = sorted(curve, key=lambda p: p.minutes)
+                lines[run] = {c: v for c in sorted(codecs)
+                              if (v := rd.at_cr([(p.cr, p.psnr) for p in points if p.method == c], point.cr)) is not None}
+        return curves, lines
 
 
 def near_cr(pairs: list[tuple[float, float | None]], target: float) -> dict[str, Any] | None:
@@ -369,4 +410,21 @@ def markdown(spec_path: Path, store: dict[str, Any], points: list[rd.Point], tab
     if missing:
         lines += [f"Not run yet: {', '.join(f'{t.method} {t.setting}' for t in missing)}.", ""]
     lines += ["Plots: `rd-psnr.png` (whole-image and foreground PSNR vs CR), `rd-msssim.png`.", ""]
+    return "\n".join(lines)
+
+
+def time_markdown(curves: dict[str, list[rd.TimePoint]], codec_lines: dict[str, dict[str, float]]) -> str:
+    """The PSNR-vs-training-time table of each run with snapshots ("" when there are none)."""
+    if not curves:
+        return ""
+    lines = ["## PSNR against training time", "",
+             "The archive (quantized, entropy-coded, decoded) of each snapshot of the weights "
+             "(`train.snapshot_minutes`); the codecs' PSNR at the run's final CR beside it (`rd-time.png`).", ""]
+    for run, curve in curves.items():
+        codecs = ", ".join(f"{c} {v:.2f} dB" for c, v in codec_lines.get(run, {}).items()) or "no codec reaches it"
+        lines += [f"### {run} (CR {curve[-1].cr:.0f}; codecs at this CR: {codecs})", "",
+                  "| minutes | CPU minutes | epochs | CR | PSNR | foreground PSNR |", "|---|---|---|---|---|---|"]
+        lines += [f"| {p.minutes:.1f} | {p.cpu_minutes:.1f} | {p.epochs} | {p.cr:.1f} | {_cell(p.psnr)} | "
+                  f"{_cell(p.foreground_psnr)} |" for p in curve]
+        lines.append("")
     return "\n".join(lines)

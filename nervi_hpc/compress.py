@@ -68,15 +68,17 @@ class CompressResult:
 
 def compress(run_dir: str | os.PathLike, *, bits: int = DEFAULT_BITS, name: str | None = None,
              evaluate: bool = True, device: str | torch.device | None = None,
-             progress: bool = False, prune: float | None = None) -> CompressResult:
-    """Write `run_dir/archive/<name>.nervi` from the latest complete checkpoint, then (unless
-    `evaluate` is false) evaluate it against the run's store into `run_dir/eval/`.
+             progress: bool = False, prune: float | None = None,
+             source: str | os.PathLike | None = None) -> CompressResult:
+    """Write `run_dir/archive/<name>.nervi` from the latest complete checkpoint (or the
+    checkpoint folder `source`, e.g. a snapshot), then (unless `evaluate` is false) evaluate it
+    against the run's store into `run_dir/eval/`.
 
     `name` defaults to the dataset's name; it must be a plain file name stem. `prune`: the
     fraction of weights zeroed by global magnitude pruning before quantization (codec.prune).
     """
     paths = RunPaths(Path(run_dir))
-    found = checkpoint.latest(paths.checkpoints)
+    found = Path(source) if source is not None else checkpoint.latest(paths.checkpoints)
     if found is None:
         raise NerviError(f"{paths.checkpoints}: no complete checkpoint; train the run first")
     state, config = checkpoint.load(found)

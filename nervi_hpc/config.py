@@ -143,7 +143,10 @@ class TrainSpec:
     """How the network is fitted. Sizes left out (None) are chosen from the image size.
 
     The defaults are nervi-hpc's recipe (docs/benchmarks.md); the paper's loss is
-    `mask_loss: l1, ssim_weight: 0.3, composite_weight: 0`.
+    `mask_loss: l1, ssim_weight: 0.3, composite_weight: 0`. `snapshot_minutes` keeps a copy of
+    the weights at those training times in `snapshots/` (for PSNR-vs-time curves);
+    `until_gain_db` stops training once the training PSNR gained less than that over the last
+    quarter of the training time (convergence), whatever `epochs` and `max_minutes` allow.
     """
 
     epochs: int = field(default=300, metadata=check(_positive, "a positive count"))
@@ -165,6 +168,10 @@ class TrainSpec:
     amp: Literal["auto", "bf16", "off"] = "auto"
     channels_last: bool = True
     compile: bool = False
+    snapshot_minutes: list[float] = field(default_factory=list, metadata=check(
+        lambda v: all(m > 0 for m in v), "positive numbers of training minutes"))
+    until_gain_db: float | None = field(default=None, metadata=check(lambda v: v is None or v > 0,
+                                                                     "a positive number of dB"))
 
 
 @dataclass(frozen=True)

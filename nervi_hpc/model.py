@@ -60,7 +60,9 @@ class ModelConfig:
     from the collection by `model_config`. `composite` "soft" blends RGB over the background by
     the predicted mask (alpha), "hard" (the paper) picks one where mask > 0.5. `stem_layer`
     "single" makes the start grid with one layer c1 → c1·h0·w0 instead of the paper's residual
-    block, whose (c1·h0·w0)² weights rule out a large start grid.
+    block, whose (c1·h0·w0)² weights rule out a large start grid. `block` "bilinear" replaces
+    the paper's Conv3×3 → PixelShuffle blocks by `BilinearBlock`s (bilinear upsampling, then a
+    `kernel`² convolution): a quarter of the weights per block, so more channels at full size.
     """
 
     arch: Literal["nervi", "nerv"] = "nervi"
@@ -83,6 +85,8 @@ class ModelConfig:
                                               metadata=check(_periods_or_none, "0 or a period ≥ 2"))
     composite: Literal["hard", "soft"] = "hard"
     stem_layer: Literal["residual", "single"] = "residual"
+    block: Literal["pixelshuffle", "bilinear"] = "pixelshuffle"
+    kernel: int = field(default=3, metadata=check(lambda v: v >= 1 and v % 2 == 1, "an odd size ≥ 1"))
 
     def __post_init__(self):
         for name in ("stem", "upscale", "grid_size", "periodic", "periods"):  # lists → tuples: hashable
@@ -98,7 +102,7 @@ class ModelConfig:
 
     def resolved(self, height: int, width: int) -> "ModelConfig":
         """This config with `stem` and `upscale` fixed for an image of height × width."""
-        h0, w0, factors = plan_upscale(height, width, self.stem, self.upscale)
+        h0, w0, factors = plan_upscale(height, width, self.stem, self.upscale, fine=self.block == "bilinear")
         return dataclasses.replace(self, stem=(h0, w0), upscale=factors)
 
     @property
@@ -128,6 +132,9 @@ PRESETS = {
     "paper": ModelConfig(),
     "nerv": ModelConfig(arch="nerv"),
     "grid": ModelConfig(grid_features=16, periodic=("phi",), composite="soft"),
+    "hinervi": ModelConfig(c1=32, c2=64, pe_levels=6, norm="none", channel_decay=1.5, min_channels=12,
+                           grid_features=8, periodic=("phi",), composite="soft", stem_layer="single",
+                           block="bilinear"),
 }
 DEFAULT_PRESET = "grid"
 PERIODS = {"phi": 360.0}  # the period of each parameter that `periodic` may name
@@ -204,8 +211,9 @@ def sized_for(config: ModelConfig, height: int, width: int, num_params: int, bud
     """`config` with the largest c2 (c1 = c2/4) whose parameter count fits `budget`."""
 
     def with_c2(c2: int) -> ModelConfig:
-        return dataclasses.replace(config, c2=c2, c1=max(8, c2 // 4),
-                                   min_channels=max(config.min_channels, SIZED_MIN_CHANNELS))
+        # bilinear blocks are cheap per channel, so the stem keeps half the first block's width
+        c1 = max(16, c2 // 2) if config.block == "bilinear" else max(8, c2 // 4)
+        return dataclasses.replace(config, c2=c2, c1=c1, min_channels=max(config.min_channels, SIZED_MIN_CHANNELS))
 
     def size(c2: int) -> int:
         with torch.device("meta"):
@@ -226,13 +234,15 @@ def sized_for(config: ModelConfig, height: int, width: int, num_params: int, bud
 
 
 def plan_upscale(height: int, width: int, stem: tuple[int, int] | None = None,
-                 upscale: tuple[int, ...] | None = None) -> tuple[int, int, tuple[int, ...]]:
+                 upscale: tuple[int, ...] | None = None, fine: bool = False) -> tuple[int, int, tuple[int, ...]]:
     """Start grid (h0, w0) and PixelShuffle factors with h0·∏factors = height, w0·∏factors = width.
 
     By default the common factor is the largest divisor of gcd(height, width) made of 2, 3 and 5
     that leaves a start grid of at least 2 on each side; it is split into factors ≤ 5, largest
     first, with pairs of 2 merged into 4 until two factors are ≥ 4 (the paper: 1024² → 2×2 and
-    4,4,2,2,2,2,2). `stem` or `upscale` override the choice.
+    4,4,2,2,2,2,2). `fine` (bilinear blocks) leaves a start grid of at least 4 on each side and
+    keeps the primes as factors (1024² → 4×4 and eight 2s): one block per octave of resolution.
+    `stem` or `upscale` override the choice.
     """
     size = f"{height}×{width}"
     if upscale is not None:
@@ -251,9 +261,9 @@ def plan_upscale(height: int, width: int, stem: tuple[int, int] | None = None,
                 raise ModelError(f"image size {size}: stem {h0}×{w0} does not divide it by one common factor")
             total = height // h0
         else:
-            total = _common_factor(height, width)
+            total = _common_factor(height, width, smallest_stem=4 if fine else 2)
             h0, w0 = height // total, width // total
-        factors = _split(total)
+        factors = _split(total, merge=not fine)
         if factors is None:
             raise ModelError(f"image size {size}: the upscale from stem {h0}×{w0} (×{total}) "
                              f"is not a product of the factors 2, 3 and 5")
@@ -275,19 +285,19 @@ def _prime_factors(n: int) -> list[int] | None:
     return primes if n == 1 else None
 
 
-def _common_factor(height: int, width: int) -> int:
+def _common_factor(height: int, width: int, smallest_stem: int) -> int:
     common = math.gcd(height, width)
-    return max((d for d in range(1, common + 1)
-                if common % d == 0 and 2 * d <= min(height, width) and _prime_factors(d) is not None),
-               default=1)
+    return max((d for d in range(1, common + 1) if common % d == 0 and smallest_stem * d <= min(height, width)
+                and _prime_factors(d) is not None), default=1)
 
 
-def _split(total: int) -> tuple[int, ...] | None:
-    """Upscale factors for `total`: its primes, pairs of 2 merged into 4 until two are ≥ 4."""
+def _split(total: int, merge: bool = True) -> tuple[int, ...] | None:
+    """Upscale factors for `total`: its primes, with `merge` pairs of 2 merged into 4 until two
+    are ≥ 4."""
     factors = _prime_factors(total)
     if factors is None:
         return None
-    while sum(s >= 4 for s in factors) < 2 and factors.count(2) >= 2:
+    while merge and sum(s >= 4 for s in factors) < 2 and factors.count(2) >= 2:
         factors.remove(2)
         factors.remove(2)
         factors.append(4)
@@ -432,6 +442,24 @@ class UpscaleBlock(nn.Sequential):
         )
 
 
+class BilinearBlock(nn.Sequential):
+    """Bilinear ×s → Conv k×k (in → out) → GELU.
+
+    Parameter-free upsampling has no PixelShuffle checkerboard, and the convolution runs at the
+    output resolution with in·out·k² weights instead of in·out·s²·9: a quarter of the weights
+    per ×2 block for the same arithmetic, so the budget buys channels where the pixels are.
+    (Depthwise + pointwise ConvNeXt blocks, as HiNeRV's, measured 1.5–2.5× slower per weight
+    on one CPU core at 12–24 channels.)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, factor: int, kernel: int):
+        super().__init__(
+            nn.Upsample(scale_factor=factor, mode="bilinear", align_corners=False),
+            nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2),
+            nn.GELU(),
+        )
+
+
 # ----------------------------------------------------------------------------------------------
 # The network
 
@@ -468,8 +496,12 @@ class NeRVI(nn.Module):
                                  self._residual_block(c1, stem_cells, first=False)
                                  if self.config.stem_layer == "residual" else self._layer(c1, stem_cells, False))
         channels = self.config.channels(len(factors))
-        self.upscale = nn.Sequential(*(UpscaleBlock(i, o, s, self.config.norm)
-                                       for i, o, s in zip([c1] + channels[:-1], channels, factors)))
+        if self.config.block == "bilinear":
+            blocks = [BilinearBlock(i, o, s, self.config.kernel)
+                      for i, o, s in zip([c1] + channels[:-1], channels, factors)]
+        else:
+            blocks = [UpscaleBlock(i, o, s, self.config.norm) for i, o, s in zip([c1] + channels[:-1], channels, factors)]
+        self.upscale = nn.Sequential(*blocks)
         out_channels = 4 if self.config.arch == "nervi" else 3
         self.head = nn.Conv2d(channels[-1], out_channels, kernel_size=1)
 

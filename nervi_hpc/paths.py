@@ -33,6 +33,11 @@ class RunPaths:
         return self.root / "checkpoints"
 
     @property
+    def snapshots(self) -> Path:
+        """Weights kept at the training times `train.snapshot_minutes` names (PSNR-vs-time curves)."""
+        return self.root / "snapshots"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "logs" / "metrics.jsonl"
 

@@ -137,3 +137,54 @@ def plot(points: Sequence[Point], path: str | os.PathLike, metric: str, title: s
     with atomic.atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
     pyplot.close(figure)
+
+
+@dataclass(frozen=True)
+class TimePoint:
+    """The archive of one training snapshot: its training time and quality."""
+
+    run: str                # the nervi method and setting, e.g. "default cr300"
+    minutes: float          # training wall-clock minutes
+    cpu_minutes: float      # the training process's CPU minutes
+    epochs: int
+    cr: float
+    psnr: float | None
+    foreground_psnr: float | None
+
+
+def plot_time(curves: Mapping[str, Sequence[TimePoint]], codec_lines: Mapping[str, Mapping[str, float]],
+              path: str | os.PathLike, title: str) -> None:
+    """PSNR of each run's snapshot archives against training minutes (log axis), and each
+    codec's PSNR at that run's CR as a dotted line across (`codec_lines[run][codec]`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    figure, axis = pyplot.subplots(figsize=(8.5, 5.5))
+    colours = pyplot.get_cmap("tab10").colors
+    for k, (run, points) in enumerate(curves.items()):
+        colour = colours[k % len(colours)]
+        xy = [(p.minutes, p.psnr) for p in sorted(points, key=lambda p: p.minutes) if p.psnr is not None]
+        if xy:
+            cr = points[-1].cr
+            axis.plot(*zip(*xy), marker="o", linewidth=2.2, color=colour, label=f"{run} (CR {cr:.0f})")
+        for j, (codec, value) in enumerate(codec_lines.get(run, {}).items()):
+            axis.axhline(value, color=colour, linestyle=(0, (1, 1 + j)), linewidth=1.2)
+            axis.annotate(f"{codec} @ CR {points[-1].cr:.0f}: {value:.1f} dB", (0.01, value),
+                          xycoords=("axes fraction", "data"), fontsize=7, color=colour, va="bottom")
+    axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.xaxis.set_minor_formatter(NullFormatter())
+    axis.set_xticks([t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if t >= min(
+        (p.minutes for ps in curves.values() for p in ps), default=1) / 2])
+    axis.set_xlabel("training minutes (log scale)")
+    axis.set_ylabel("PSNR of the archive (dB, whole image)")
+    axis.grid(True, which="both", alpha=0.25)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.suptitle(title)
+    figure.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    pyplot.close(figure)

@@ -64,14 +64,45 @@ def default_batch_size(count: int, world: int) -> int:
     return max(world, min(count, DEFAULT_BATCH))
 
 
-def learning_rate(cfg: TrainSpec, progress: float) -> float:
-    """lr at `progress` ∈ [0, 1] of the run: linear warm-up, then cosine to final_lr·lr."""
+def learning_rate(cfg: TrainSpec, progress: float, cooldown: float | None = None) -> float:
+    """lr at `progress` ∈ [0, 1] of the run: linear warm-up, then cosine to final_lr·lr.
+
+    With `until_gain_db` (train to convergence) the schedule is warm-up, stable, decay instead:
+    lr stays at its peak after the warm-up until a cooldown starts (`Cooldown`), and `cooldown`
+    ∈ [0, 1] is how far along it is; over it lr falls by the same cosine.
+    """
     if cfg.schedule == "constant":
         return cfg.lr
-    if progress < cfg.warmup:
+    if progress < cfg.warmup and (cooldown is None or not cfg.until_gain_db):
         return cfg.lr * max(progress / cfg.warmup, 1e-3)
-    t = (progress - cfg.warmup) / (1 - cfg.warmup)
+    if cfg.until_gain_db:
+        if cooldown is None:
+            return cfg.lr
+        t = cooldown
+    else:
+        t = (progress - cfg.warmup) / (1 - cfg.warmup)
     return cfg.lr * (cfg.final_lr + (1 - cfg.final_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    """The lr decay that ends a run trained to convergence: from `start` for `length` seconds.
+
+    It starts when the training PSNR plateaus (`plateaued`), lasting COOLDOWN_SHARE of the time
+    trained so far, or at LATEST_COOLDOWN of the run's cap at the latest, lasting the rest: a
+    plateau at the peak lr is not convergence (it was, on the grid preset, after 3 minutes at
+    21 dB), so every run ends with its lr decayed, and stops when the cooldown is over.
+    """
+
+    start: float
+    length: float
+
+    def progress(self, elapsed: float) -> float:
+        return (elapsed - self.start) / max(self.length, 1e-9)
+
+
+COOLDOWN_SHARE = 0.2
+LATEST_COOLDOWN = 0.8
 
 
 @dataclass
@@ -86,9 +117,11 @@ class TrainResult:
     parameters: int
     stopped_early: bool
     weights_digest: str  # sha256 of this rank's parameters: equal on every rank of a DDP run
+    converged: bool = False  # stopped by `until_gain_db`
 
     def summary(self) -> str:
-        how = "stopped at the time limit" if self.stopped_early else "finished"
+        how = ("converged" if self.converged else "stopped at the time limit" if self.stopped_early
+               else "finished")
         return (f"{how}: {self.epochs} epochs, {self.steps} steps in {self.seconds / 60:.1f} min "
                 f"({self.images_per_s:.1f} img/s), loss {self.loss:.4f}, PSNR {self.psnr:.2f} dB, "
                 f"{self.parameters:,} parameters → {self.checkpoint}")
@@ -130,14 +163,19 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     step = epoch = start_batch = 0
-    trained_seconds = 0.0
+    trained_seconds = cpu_before = 0.0
     found = checkpoint.latest(paths.checkpoints)
     if found is not None:
         state, _ = checkpoint.load(found, map_location=env.device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
-        trained_seconds = state["seconds"]
+        trained_seconds, cpu_before = state["seconds"], state.get("cpu_seconds", 0.0)
+    cpu_start = time.process_time()
+
+    def cpu_seconds() -> float:
+        """This process's CPU time spent training (all runs of it), snapshots excluded."""
+        return cpu_before + time.process_time() - cpu_start
     if env.world_size > 1:
         if cuda:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -154,13 +192,19 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
                      "param_names": list(data.param_names), "ranges": data.ranges,
                      "background": list(data.background)}
 
-    def save(stopped: bool) -> Path | None:
+    def save(stopped: bool, root: Path = paths.checkpoints, keep: int = cfg.keep_latest_k) -> Path | None:
         if not env.is_main:
             return None
         state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "epoch": epoch, "batch": start_batch, "seconds": trained_seconds}
-        return checkpoint.save(paths.checkpoints, step, state, {**config_record, "stopped_early": stopped},
-                               cfg.keep_latest_k)
+                 "epoch": epoch, "batch": start_batch, "seconds": trained_seconds,
+                 "cpu_seconds": cpu_seconds(),
+                 "cooldown": None if cooldown is None else [cooldown.start, cooldown.length]}
+        return checkpoint.save(root, step, state, {**config_record, "stopped_early": stopped}, keep)
+
+    def snapshot() -> None:
+        """Keep the weights as they are now, BatchNorm recalibrated as at the end of training."""
+        recalibrate_batchnorm(module, data.inputs.to(env.device), batch_size)
+        save(False, paths.snapshots, keep=0)  # keep=0: every snapshot stays
 
     log = MetricsLog(paths.metrics) if env.is_main else None
     bar = _ProgressBar(progress and env.is_main, cfg.epochs, epoch)
@@ -168,7 +212,10 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     last_checkpoint = time.monotonic()
     images_seen, clock = 0, time.monotonic()
     loss_value = psnr_value = float("nan")
-    stopped = False
+    stopped = converged = False
+    cooldown = Cooldown(*state["cooldown"]) if found is not None and state.get("cooldown") else None
+    snapshots_due = sorted(m for m in cfg.snapshot_minutes if 60 * m > trained_seconds)
+    history: list[tuple[float, float]] = []  # (training seconds, epoch PSNR) since this start
     model.train()
     while epoch < cfg.epochs and not stopped:
         sampler.set_epoch(epoch, start_batch)
@@ -181,8 +228,14 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             now = time.monotonic()
             elapsed, since_checkpoint = _agree([now - started, now - last_checkpoint], env)
             time_progress = elapsed / (60 * max_minutes) if max_minutes else 0.0
+            progress = max(step / total_steps, time_progress)
+            if cfg.until_gain_db and cooldown is None and progress >= LATEST_COOLDOWN:
+                cooldown = Cooldown(elapsed, elapsed * (1 - progress) / progress)  # the rest of the cap
+            if cooldown is not None and cooldown.progress(elapsed) >= 1.0:
+                stopped = converged = True
+                break
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, max(step / total_steps, time_progress))
+                group["lr"] = learning_rate(cfg, progress, None if cooldown is None else cooldown.progress(elapsed))
             with autocast:
                 output = net(inputs)
                 loss = loss_fn(output.float(), images, masks)
@@ -197,6 +250,15 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
                 epoch_loss += loss.item()
                 epoch_psnr += psnr(composite(output.float(), data.background, mcfg.soft), images).item()
             trained_seconds = time.monotonic() - started
+            if snapshots_due and elapsed >= 60 * snapshots_due[0]:  # `elapsed`: every rank agrees
+                while snapshots_due and elapsed >= 60 * snapshots_due[0]:
+                    snapshots_due.pop(0)
+                paused, cpu_paused = time.monotonic(), time.process_time()
+                snapshot()
+                # the snapshot's BatchNorm pass and write are not training time
+                started += time.monotonic() - paused
+                cpu_start += time.process_time() - cpu_paused
+                model.train()
             if max_minutes and time_progress >= 1.0:
                 stopped = True
                 break
@@ -215,18 +277,39 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
                       lr=optimizer.param_groups[0]["lr"], images_per_s=rate, eta_s=eta,
                       elapsed_s=trained_seconds, epochs=cfg.epochs)
             bar.update(epoch, loss_value, psnr_value, rate, eta)
+        if cfg.until_gain_db and cooldown is None and not stopped:
+            history.append((trained_seconds, psnr_value))
+            # cool down only when every rank sees the plateau (their PSNRs are of different batches)
+            flat, now = _agree([float(not plateaued(history, cfg.until_gain_db)), trained_seconds], env)
+            if flat == 0.0:
+                cooldown = Cooldown(now, COOLDOWN_SHARE * now)
     recalibrate_batchnorm(module, data.inputs.to(env.device), batch_size)
-    final = save(stopped)
+    final = save(stopped and not converged)
     bar.close()
     if log:
-        log.write(event="done" if not stopped else "stopped", epoch=epoch, step=step,
+        log.write(event="converged" if converged else "stopped" if stopped else "done", epoch=epoch, step=step,
                   loss=loss_value, psnr=psnr_value, elapsed_s=trained_seconds)
         log.close()
     if env.world_size > 1:
         dist.barrier()
     return TrainResult(str(final or checkpoint.latest(paths.checkpoints)), epoch, step, trained_seconds,
                        images_seen / max(time.monotonic() - clock, 1e-9), loss_value, psnr_value,
-                       count_parameters(module), stopped, _digest(module))
+                       count_parameters(module), stopped and not converged, _digest(module), converged)
+
+
+PLATEAU_WINDOW = 5  # epochs averaged at each end of the last quarter: one epoch's PSNR is noisy
+
+
+def plateaued(history: list[tuple[float, float]], gain_db: float) -> bool:
+    """Whether the (seconds, PSNR) history gained less than `gain_db` over its last quarter of
+    training time: the mean PSNR of the last PLATEAU_WINDOW epochs against that of the
+    PLATEAU_WINDOW epochs up to three quarters of the time."""
+    now = history[-1][0]
+    earlier = [psnr for seconds, psnr in history if seconds <= 0.75 * now]
+    if len(earlier) < PLATEAU_WINDOW or len(history) - len(earlier) < PLATEAU_WINDOW:
+        return False
+    recent = [psnr for _, psnr in history[-PLATEAU_WINDOW:]]
+    return sum(recent) / PLATEAU_WINDOW - sum(earlier[-PLATEAU_WINDOW:]) / PLATEAU_WINDOW < gain_db
 
 
 @torch.no_grad()

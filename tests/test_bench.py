@@ -185,3 +185,20 @@ def test_a_report_without_codecs_has_no_bd_rate_table():
     table = {"a": {str(t): {"psnr": None, "foreground_psnr": None} for t in (100, 300, 700, 1000)}}
     text = markdown(Path("b.yaml"), {"images": 1, "width": 8, "height": 8, "path": "s"}, points, table, {"a": {}}, [])
     assert "BD-rate" not in text and "| a | cr300 | 290.0 | 30.00 | 25.00 | 0.9900 |" in text
+
+
+def test_a_variant_trained_to_convergence_gets_a_psnr_against_time_curve(tmp_path):
+    spec = {"dataset": "tiny.yaml",
+            "nervi": [{"label": "tiny", "model": TINY_MODEL, "max_minutes": 0.05,
+                       "train": {"epochs": 100000, "until_gain_db": 0.2, "snapshot_minutes": [0.01, 0.03]}}],
+            "baselines": [{"codec": "jpeg", "sweep": [90, 30, 5]}]}
+    out = tmp_path / "out"
+    Bench(write_spec(tmp_path, spec), out, say=lambda line: None).run()
+    results = json.loads((out / "results.json").read_text())
+    curve = results["in_time"]["tiny model"]
+    assert len(curve) == 2 and curve[0]["minutes"] < curve[1]["minutes"]
+    assert all(p["cr"] > 0 and p["psnr"] > 5 for p in curve)
+    for snapshot in (out / "results" / "tiny" / "model" / "time").iterdir():
+        assert json.loads((snapshot / "summary.json").read_text())["compression_ratio"] > 0
+    assert "## PSNR against training time" in (out / "results.md").read_text()
+    assert Image.open(out / "rd-time.png").format == "PNG"

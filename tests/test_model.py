@@ -346,3 +346,30 @@ def test_soft_composite_blends_by_a_ramp_of_the_mask():
     assert torch.allclose(blended[0], torch.tensor([1.0, 0.0, 1.0]))       # mask ≤ 0.25: background
     assert torch.allclose(blended[1], torch.tensor([0.6, 0.2, 0.8]))       # 0.5: half way
     assert torch.allclose(blended[2], torch.tensor([0.2, 0.4, 0.6]))       # ≥ 0.75: the RGB
+
+
+def test_bilinear_blocks_upsample_without_pixelshuffle_and_keep_channels_at_full_size():
+    grids = {"t": [0.0], "theta": [0.0, 90.0], "phi": [0.0, 90.0, 180.0, 270.0]}
+    config = model_config({"preset": "hinervi", "c1": 16, "c2": 24}, 64, 64, grids=grids)
+    assert config.block == "bilinear" and config.stem == (4, 4) and config.upscale == (2, 2, 2, 2)
+    model = NeRVI(config, 64, 64, 3)
+    assert not any(isinstance(m, torch.nn.PixelShuffle) for m in model.modules())
+    last = model.upscale[-1][1]
+    assert last.in_channels * last.out_channels * 9 == last.weight.numel()  # k² per pair, not s²·9
+    assert min(config.channels(4)) >= 12
+    out = model(torch.zeros(2, 3))
+    assert out.shape == (2, 4, 64, 64) and ((out >= 0) & (out <= 1)).all()
+
+
+def test_fine_upscale_plans_keep_one_block_per_octave():
+    assert plan_upscale(128, 128, fine=True) == (4, 4, (2, 2, 2, 2, 2))
+    assert plan_upscale(1920, 1080, fine=True) == (16, 9, (5, 3, 2, 2, 2))
+    assert plan_upscale(128, 128) == (2, 2, (4, 4, 2, 2))
+
+
+def test_a_bilinear_model_sized_for_a_target_cr_fits_its_budget():
+    grids = {"t": [0.0], "theta": [0.0, 90.0], "phi": [0.0, 90.0, 180.0, 270.0]}
+    config = model_config({"preset": "hinervi", "target_cr": 50}, 64, 64, count=200, grids=grids)
+    budget = 200 * 64 * 64 * 3 / 50 * 8 / 9
+    size = count_parameters(NeRVI(config, 64, 64, 3))
+    assert size <= budget and config.c1 == max(16, config.c2 // 2)

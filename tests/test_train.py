@@ -16,7 +16,7 @@ import yaml
 
 from nervi_hpc import checkpoint
 from nervi_hpc.config import DatasetSpec, build, load_dataset
-from nervi_hpc.train import learning_rate, train
+from nervi_hpc.train import Cooldown, learning_rate, plateaued, train
 
 TINY_MODEL = {"c1": 8, "c2": 16, "min_channels": 8, "norm": "none"}
 
@@ -50,6 +50,37 @@ def test_learning_rate_schedules():
     assert learning_rate(cfg, 0.55) == pytest.approx(5e-4)
     assert learning_rate(cfg, 1.0) == pytest.approx(0.0, abs=1e-12)
     assert learning_rate(spec(lr=2e-5, schedule="constant").train, 0.7) == 2e-5
+
+
+def test_training_to_convergence_holds_the_peak_lr_until_the_cooldown():
+    cfg = spec(lr=1e-3, warmup=0.1, final_lr=0.0, until_gain_db=0.2).train
+    assert learning_rate(cfg, 0.05) == pytest.approx(5e-4)       # warm-up as before
+    assert learning_rate(cfg, 0.6) == pytest.approx(1e-3)        # stable: no cosine over the cap
+    assert learning_rate(cfg, 0.6, cooldown=0.5) == pytest.approx(5e-4)
+    assert learning_rate(cfg, 0.05, cooldown=1.0) == pytest.approx(0.0, abs=1e-12)
+    assert Cooldown(start=100.0, length=20.0).progress(110.0) == pytest.approx(0.5)
+
+
+def test_a_plateau_is_a_small_gain_over_the_last_quarter_of_the_time():
+    rising = [(float(t), 10 + 0.1 * t) for t in range(1, 41)]
+    flat = [(float(t), 20 + 0.001 * t) for t in range(1, 41)]
+    assert not plateaued(rising, gain_db=0.2) and plateaued(flat, gain_db=0.2)
+    assert not plateaued(flat[:6], gain_db=0.2)                  # too few epochs to judge
+
+
+def test_training_to_convergence_stops_after_its_cooldown_and_keeps_snapshots(tmp_path, make_store):
+    make_store(size=16)
+    result = train(tmp_path, spec(epochs=100000, batch_size=4, max_minutes=0.05, until_gain_db=0.2,
+                                  snapshot_minutes=[0.01, 0.02]), progress=False)
+    assert result.converged and not result.stopped_early and result.epochs < 100000
+    snapshots = checkpoint.complete_steps(tmp_path / "snapshots")
+    assert len(snapshots) == 2
+    seconds = [checkpoint.load(p)[0]["seconds"] for p in snapshots]
+    assert 0.6 <= seconds[0] < seconds[1] and seconds[1] >= 1.2
+    state, _ = checkpoint.load(checkpoint.latest(tmp_path / "checkpoints"))
+    assert state["cooldown"] is not None and 0 < state["cpu_seconds"]
+    records = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "converged"
 
 
 def test_training_writes_checkpoints_metrics_and_keeps_latest_k(tmp_path, make_store):
