@@ -1,6 +1,9 @@
-"""Training data from a renders.zarr store: a streaming Dataset and a shard-aware sampler.
+"""Training data from a renders.zarr store: a streaming Dataset, a shard-aware sampler, and
+the whole collection resident on the training device when it fits.
 
-Nothing here holds more than a batch of images: tens of thousands of 1024² renders stay on disk.
+The streaming path holds no more than a batch of images: tens of thousands of 1024² renders stay
+on disk. A collection that fits (`fits_resident`) is read once instead: reading a batch of eight
+128² images from the store took 48 ms, against a 107 ms training step on one CPU core.
 """
 
 from __future__ import annotations
@@ -8,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
+
+import os
 
 import numpy as np
 import torch
@@ -120,3 +125,37 @@ class ShardAwareSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.start_batch
+
+
+def fits_resident(count: int, height: int, width: int, device: torch.device, share: float) -> bool:
+    """Whether the collection's uint8 images and masks (4 bytes a pixel) take at most `share`
+    of the device's memory (the GPU's, or the host's for the CPU)."""
+    if share <= 0:
+        return False
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+    else:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return count * height * width * 4 <= share * memory
+
+
+class ResidentBatches:
+    """The batches a DataLoader over `data` with `sampler` gives, from the whole collection held
+    on `device` as uint8 (read from the store once, shard by shard)."""
+
+    def __init__(self, data: RenderDataset, sampler: ShardAwareSampler, device: torch.device):
+        store = RenderStore.open(data.store_path)
+        self.images = torch.empty((data.count, 3, data.height, data.width), dtype=torch.uint8, device=device)
+        self.masks = torch.empty((data.count, 1, data.height, data.width), dtype=torch.uint8, device=device)
+        for start in range(0, data.count, data.shard_size):
+            indices = list(range(start, min(start + data.shard_size, data.count)))
+            images, masks = store.read(indices)
+            self.images[start:start + len(indices)] = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
+            self.masks[start:start + len(indices), 0] = torch.from_numpy(masks).to(device)
+        self.inputs = data.inputs.to(device)
+        self.sampler = sampler
+
+    def __iter__(self):
+        for batch in self.sampler:
+            index = torch.as_tensor(batch, device=self.images.device)
+            yield self.images[index], self.masks[index], self.inputs[index]

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from . import checkpoint
 from .config import DatasetSpec, TrainSpec, to_dict
-from .data import RenderDataset, ShardAwareSampler, keep_batch
+from .data import RenderDataset, ResidentBatches, ShardAwareSampler, fits_resident, keep_batch
 from .loss import loss_for, psnr
 from .model import ModelConfig, NeRVI, composite, count_parameters, model_config
 from .paths import RunPaths
@@ -152,9 +152,12 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     mcfg = model_config(spec.model, data.height, data.width, count=data.count, grids=data.grids)
     batch_size = cfg.batch_size or default_batch_size(data.count, env.world_size)
     sampler = ShardAwareSampler(data.count, data.shard_size, batch_size, env.rank, env.world_size, cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        data, batch_sampler=sampler, collate_fn=keep_batch, num_workers=cfg.loader_workers,
-        pin_memory=env.device.type == "cuda", persistent_workers=cfg.loader_workers > 0)
+    if fits_resident(data.count, data.height, data.width, env.device, cfg.resident_share):
+        loader = ResidentBatches(data, sampler, env.device)
+    else:
+        loader = torch.utils.data.DataLoader(
+            data, batch_sampler=sampler, collate_fn=keep_batch, num_workers=cfg.loader_workers,
+            pin_memory=env.device.type == "cuda", persistent_workers=cfg.loader_workers > 0)
 
     torch.manual_seed(cfg.seed)
     model = NeRVI(mcfg, data.height, data.width, len(data.param_names)).to(env.device)

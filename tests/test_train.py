@@ -83,6 +83,15 @@ def test_training_to_convergence_stops_after_its_cooldown_and_keeps_snapshots(tm
     assert records[-1]["event"] == "converged"
 
 
+def test_a_resident_collection_trains_exactly_as_the_streamed_one(tmp_path, make_store):
+    make_store(size=16)
+    for name, share in (("streamed", 0.0), ("resident", 0.25)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "renders.zarr").symlink_to(tmp_path / "renders.zarr", target_is_directory=True)
+        train(tmp_path / name, spec(epochs=2, batch_size=4, resident_share=share), progress=False)
+    assert_same_weights(weights(tmp_path / "streamed"), weights(tmp_path / "resident"), atol=0)
+
+
 def test_training_writes_checkpoints_metrics_and_keeps_latest_k(tmp_path, make_store):
     make_store(size=16)
     result = train(tmp_path, spec(epochs=3, batch_size=4, checkpoint_minutes=1e-6, keep_latest_k=2),
