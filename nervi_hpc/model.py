@@ -63,6 +63,10 @@ class ModelConfig:
     block, whose (c1·h0·w0)² weights rule out a large start grid. `block` "bilinear" replaces
     the paper's Conv3×3 → PixelShuffle blocks by `BilinearBlock`s (bilinear upsampling, then a
     `kernel`² convolution): a quarter of the weights per block, so more channels at full size.
+    `latent_features` > 0 adds latent maps to the start grid: feature grids over the parameters
+    (as `grid_features`, `grid_levels` levels) whose nodes are (latent_features, h0, w0) maps,
+    interpolated between views and concatenated to the MLP's start grid (HiNeRV's and FFNeRV's
+    grids of spatial latents): each view's spatial layout is learned directly, not through the MLP.
     """
 
     arch: Literal["nervi", "nerv"] = "nervi"
@@ -87,6 +91,7 @@ class ModelConfig:
     stem_layer: Literal["residual", "single"] = "residual"
     block: Literal["pixelshuffle", "bilinear"] = "pixelshuffle"
     kernel: int = field(default=3, metadata=check(lambda v: v >= 1 and v % 2 == 1, "an odd size ≥ 1"))
+    latent_features: int = field(default=0, metadata=check(lambda v: v >= 0, "0 (none) or more"))
 
     def __post_init__(self):
         for name in ("stem", "upscale", "grid_size", "periodic", "periods"):  # lists → tuples: hashable
@@ -491,6 +496,11 @@ class NeRVI(nn.Module):
             self.grid = FeatureGrid(sizes, periods or (0.0,) * num_params, self.config.grid_levels,
                                     self.config.grid_features)
             in_features += self.grid.out_features
+        self.latents = None
+        if self.config.latent_features:
+            self.latents = FeatureGrid(self.config.grid_size or (1,) * num_params, periods or (0.0,) * num_params,
+                                       self.config.grid_levels, self.config.latent_features * h0 * w0)
+        latent_channels = self.config.grid_levels * self.config.latent_features
         stem_cells = c1 * h0 * w0
         self.mlp = nn.Sequential(self._residual_block(in_features, c1, first=True),
                                  self._residual_block(c1, stem_cells, first=False)
@@ -498,9 +508,10 @@ class NeRVI(nn.Module):
         channels = self.config.channels(len(factors))
         if self.config.block == "bilinear":
             blocks = [BilinearBlock(i, o, s, self.config.kernel)
-                      for i, o, s in zip([c1] + channels[:-1], channels, factors)]
+                      for i, o, s in zip([c1 + latent_channels] + channels[:-1], channels, factors)]
         else:
-            blocks = [UpscaleBlock(i, o, s, self.config.norm) for i, o, s in zip([c1] + channels[:-1], channels, factors)]
+            blocks = [UpscaleBlock(i, o, s, self.config.norm)
+                      for i, o, s in zip([c1 + latent_channels] + channels[:-1], channels, factors)]
         self.upscale = nn.Sequential(*blocks)
         out_channels = 4 if self.config.arch == "nervi" else 3
         self.head = nn.Conv2d(channels[-1], out_channels, kernel_size=1)
@@ -523,6 +534,8 @@ class NeRVI(nn.Module):
         if self.grid is not None:
             features = torch.cat([features, self.grid(x)], dim=-1)
         grid = self.mlp(features).reshape(x.shape[0], self.config.c1, h0, w0)
+        if self.latents is not None:
+            grid = torch.cat([grid, self.latents(x).reshape(x.shape[0], -1, h0, w0)], dim=1)
         return torch.sigmoid(self.head(self.upscale(grid)))
 
 

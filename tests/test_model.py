@@ -373,3 +373,18 @@ def test_a_bilinear_model_sized_for_a_target_cr_fits_its_budget():
     budget = 200 * 64 * 64 * 3 / 50 * 8 / 9
     size = count_parameters(NeRVI(config, 64, 64, 3))
     assert size <= budget and config.c1 == max(16, config.c2 // 2)
+
+
+def test_latent_maps_give_each_view_its_own_start_grid():
+    grids = {"t": [0.0], "theta": [0.0, 90.0], "phi": [0.0, 90.0, 180.0, 270.0]}
+    config = model_config({"preset": "hinervi", "c1": 16, "c2": 24, "latent_features": 2}, 64, 64, grids=grids)
+    model = NeRVI(config, 64, 64, 3)
+    assert model.latents.out_features == config.grid_levels * 2 * 4 * 4
+    assert model.upscale[0][1].in_channels == 16 + config.grid_levels * 2
+    x = torch.tensor([[0.0, -1.0, -1.0], [0.0, -1.0, -1.0 + 2 / 3]])  # two neighbouring sampled views
+    with torch.no_grad():
+        before = model(x)
+        model.latents.tables[-1][:, 0] += 1.0  # the finest node of the first view only
+        after = model(x)
+    assert after.shape == (2, 4, 64, 64)
+    assert not torch.allclose(before[0], after[0]) and torch.allclose(before[1], after[1])
