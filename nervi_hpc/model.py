@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .codec.quantize import channel_count
 from .config import build, check
 from .errors import ConfigError, ModelError
 
@@ -190,7 +191,7 @@ def model_config(section: dict[str, Any], height: int, width: int, *, count: int
         raise ModelError("model: give either target_cr or c1/c2, not both")
     if count is None:
         raise ModelError("model.target_cr: the image count is needed to size the model")
-    return sized_for(config, height, width, num_params, budget=count * height * width * 3 / target * 8 / bits)
+    return sized_for(config, height, width, num_params, raw_bytes=count * height * width * 3, target_cr=target, bits=bits)
 
 
 def with_parameter_grids(config: ModelConfig, grids: Mapping[str, Sequence[float]]) -> ModelConfig:
@@ -212,26 +213,47 @@ def with_parameter_grids(config: ModelConfig, grids: Mapping[str, Sequence[float
     return dataclasses.replace(config, periods=tuple(periods), grid_size=tuple(sizes))
 
 
-def sized_for(config: ModelConfig, height: int, width: int, num_params: int, budget: float) -> ModelConfig:
-    """`config` with the largest c2 (c1 = c2/4) whose parameter count fits `budget`."""
+def sized_for(config: ModelConfig, height: int, width: int, num_params: int, raw_bytes: float,
+              target_cr: float, bits: int) -> ModelConfig:
+    """`config` with the largest c2 (and c1 in proportion) whose archive at `bits` bits is at
+    most raw_bytes / target_cr (`estimated_archive_bytes`: the file a user gets, not only the
+    weights, so the CR reached is the one asked for)."""
 
     def with_c2(c2: int) -> ModelConfig:
         # bilinear blocks are cheap per channel, so the stem keeps half the first block's width
         c1 = max(16, c2 // 2) if config.block == "bilinear" else max(8, c2 // 4)
         return dataclasses.replace(config, c2=c2, c1=c1, min_channels=max(config.min_channels, SIZED_MIN_CHANNELS))
 
-    def size(c2: int) -> int:
+    def size(c2: int) -> float:
         with torch.device("meta"):
-            return count_parameters(NeRVI(with_c2(c2), height, width, num_params))
+            return estimated_archive_bytes(NeRVI(with_c2(c2), height, width, num_params), bits)
 
+    budget = raw_bytes / target_cr
     low, high = SIZED_MIN_CHANNELS, 4096
     if size(low) > budget:
-        raise ModelError(f"model.target_cr: even the smallest model ({size(low):,} parameters) is larger "
-                         f"than the budget of {int(budget):,} parameters; lower target_cr")
+        raise ModelError(f"model.target_cr: {target_cr:g} leaves {budget:,.0f} bytes, but even the smallest "
+                         f"model makes an archive of about {size(low):,.0f} bytes; target_cr "
+                         f"{math.floor(raw_bytes / size(low)):g} or lower fits")
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if size(middle) <= budget else (low, middle)
     return with_c2(low)
+
+
+ARCHIVE_FIXED_BYTES = 2100         # prefix, checksums and the metadata JSON (≈ 1.6 kB measured)
+ARCHIVE_TENSOR_BYTES = 80          # one tensor's JSON entry besides its name and min/scale
+CODE_TABLE_BYTES_PER_SYMBOL = 8.25  # the JSON code table (measured: 4,214 bytes at 9 bits)
+
+
+def estimated_archive_bytes(model: nn.Module, bits: int) -> float:
+    """The size of `model`'s archive at `bits` bits without entropy-coding gains (which are
+    ≈ 3–5 %): payload, each quantization row's float32 min/scale in base64, each tensor's entry,
+    the code table and the metadata. Within 2 % of real archives' headers at 128²."""
+    tensors = [(name, tuple(t.shape)) for name, t in model.state_dict().items() if t.is_floating_point()]
+    payload = sum(math.prod(shape) for _, shape in tensors) * bits / 8
+    rows = sum(channel_count(shape) for _, shape in tensors)
+    entries = sum(ARCHIVE_TENSOR_BYTES + len(name) for name, _ in tensors)
+    return ARCHIVE_FIXED_BYTES + payload + rows * 2 * 4 * 4 / 3 + entries + CODE_TABLE_BYTES_PER_SYMBOL * 2 ** bits
 
 
 # ----------------------------------------------------------------------------------------------

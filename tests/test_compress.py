@@ -131,3 +131,19 @@ def test_compress_names_the_archive_and_can_skip_evaluation(run):
 def test_compress_without_a_checkpoint_says_so(tmp_path):
     with pytest.raises(NerviError, match="no complete checkpoint"):
         compress(tmp_path)
+
+
+def test_a_model_sized_for_a_target_cr_gives_an_archive_of_at_least_that_cr(tmp_path):
+    """target_cr is the ratio of the file the user gets: header, tables and all."""
+    store = tmp_path / "renders.zarr"
+    ingest(DiskScene.grid(size=64, radius=0.4), store, shard_size=4, workers=1, progress=False)
+    for target in (2, 4):
+        root = tmp_path / f"cr{target}"
+        root.mkdir()
+        (root / "renders.zarr").symlink_to(store, target_is_directory=True)
+        spec = build(DatasetSpec, {"name": f"cr{target}", "source": {"kind": "synthetic"},
+                                   "model": {"preset": "hinervi", "target_cr": target},
+                                   "train": {"loader_workers": 0, "epochs": 1, "batch_size": 4}})
+        train(root, spec, progress=False)
+        result = compress(root, evaluate=False)
+        assert target <= result.compression_ratio < target * 1.25, (target, result.compression_ratio)

@@ -276,14 +276,14 @@ def test_target_cr_sizes_the_model_for_the_collection(name):
     raw = 800 * 256 * 256 * 3
     for target in (100, 300, 1000):
         config = model_config({"preset": name, "target_cr": target}, 256, 256, count=800, grids=VIEWS)
-        cr = raw / (params(config) * 9 / 8)
-        assert target <= cr < 1.5 * target, (target, cr, config.c2)
+        cr = raw / (params(config) * 9 / 8)  # the weights alone: the archive adds its tables
+        assert target <= cr < 1.6 * target, (target, cr, config.c2)
         assert config.c1 == max(8, config.c2 // 4) and min(config.channels(5)) >= 4
     assert model_config({}, 256, 256, count=800, grids=VIEWS) == model_config(
         {"preset": "grid", "target_cr": 300}, 256, 256, count=800, grids=VIEWS)
     with pytest.raises(ModelError, match="either target_cr or c1/c2"):
         model_config({"target_cr": 300, "c2": 64}, 256, 256, count=800)
-    with pytest.raises(ModelError, match="lower target_cr"):
+    with pytest.raises(ModelError, match=r"target_cr \d+ or lower fits"):
         model_config({"preset": "paper", "target_cr": 1e6}, 256, 256, count=800)
     with pytest.raises(ModelError, match="image count is needed"):
         model_config({"preset": "paper", "target_cr": 300}, 256, 256)
