@@ -147,6 +147,8 @@ class TrainSpec:
     the weights at those training times in `snapshots/` (for PSNR-vs-time curves);
     `until_gain_db` stops training once the training PSNR gained less than that over the last
     quarter of the training time (convergence), whatever `epochs` and `max_minutes` allow.
+    `clock` "cpu" counts `max_minutes`, `snapshot_minutes` and the cooldown in this process's
+    CPU time instead of wall-clock time: a fair budget on a shared machine (one thread per run).
     `resident_share`: the collection is loaded once onto the training device when its uint8
     images and masks take at most this share of the device's memory (0: always stream it).
     """
@@ -167,6 +169,7 @@ class TrainSpec:
     checkpoint_minutes: float = field(default=10.0, metadata=check(_positive, "a positive number of minutes"))
     keep_latest_k: int = field(default=2, metadata=check(_positive, "a positive count"))
     loader_workers: int = field(default=2, metadata=check(lambda v: v >= 0, "0 or more"))
+    clock: Literal["wall", "cpu"] = "wall"
     resident_share: float = field(default=0.25, metadata=check(lambda v: 0 <= v <= 0.9, "a fraction in [0, 0.9]"))
     amp: Literal["auto", "bf16", "off"] = "auto"
     channels_last: bool = True

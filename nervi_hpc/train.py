@@ -179,6 +179,10 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     def cpu_seconds() -> float:
         """This process's CPU time spent training (all runs of it), snapshots excluded."""
         return cpu_before + time.process_time() - cpu_start
+
+    def budget_seconds(now: float) -> float:
+        """Training time on the clock that `max_minutes`, snapshots and the cooldown count."""
+        return cpu_seconds() if cfg.clock == "cpu" else now - started
     if env.world_size > 1:
         if cuda:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -217,7 +221,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     loss_value = psnr_value = float("nan")
     stopped = converged = False
     cooldown = Cooldown(*state["cooldown"]) if found is not None and state.get("cooldown") else None
-    snapshots_due = sorted(m for m in cfg.snapshot_minutes if 60 * m > trained_seconds)
+    snapshots_due = sorted(m for m in cfg.snapshot_minutes if 60 * m > budget_seconds(time.monotonic()))
     history: list[tuple[float, float]] = []  # (training seconds, epoch PSNR) since this start
     model.train()
     while epoch < cfg.epochs and not stopped:
@@ -229,7 +233,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             inputs = inputs.to(env.device, non_blocking=True)
             images = images.contiguous(memory_format=memory_format)
             now = time.monotonic()
-            elapsed, since_checkpoint = _agree([now - started, now - last_checkpoint], env)
+            elapsed, since_checkpoint = _agree([budget_seconds(now), now - last_checkpoint], env)
             time_progress = elapsed / (60 * max_minutes) if max_minutes else 0.0
             progress = max(step / total_steps, time_progress)
             if cfg.until_gain_db and cooldown is None and progress >= LATEST_COOLDOWN:
@@ -281,9 +285,9 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
                       elapsed_s=trained_seconds, epochs=cfg.epochs)
             bar.update(epoch, loss_value, psnr_value, rate, eta)
         if cfg.until_gain_db and cooldown is None and not stopped:
-            history.append((trained_seconds, psnr_value))
+            history.append((budget_seconds(time.monotonic()), psnr_value))
             # cool down only when every rank sees the plateau (their PSNRs are of different batches)
-            flat, now = _agree([float(not plateaued(history, cfg.until_gain_db)), trained_seconds], env)
+            flat, now = _agree([float(not plateaued(history, cfg.until_gain_db)), history[-1][0]], env)
             if flat == 0.0:
                 cooldown = Cooldown(now, COOLDOWN_SHARE * now)
     recalibrate_batchnorm(module, data.inputs.to(env.device), batch_size)

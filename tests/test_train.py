@@ -83,6 +83,13 @@ def test_training_to_convergence_stops_after_its_cooldown_and_keeps_snapshots(tm
     assert records[-1]["event"] == "converged"
 
 
+def test_a_cpu_clock_budget_counts_the_training_process_cpu_time(tmp_path, make_store):
+    make_store(size=16)
+    result = train(tmp_path, spec(epochs=100000, batch_size=4, max_minutes=0.02, clock="cpu"), progress=False)
+    state, _ = checkpoint.load(checkpoint.latest(tmp_path / "checkpoints"))
+    assert result.stopped_early and 1.2 <= state["cpu_seconds"] < 1.2 + 1.0
+
+
 def test_a_resident_collection_trains_exactly_as_the_streamed_one(tmp_path, make_store):
     make_store(size=16)
     for name, share in (("streamed", 0.0), ("resident", 0.25)):
