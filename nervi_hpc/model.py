@@ -68,6 +68,8 @@ class ModelConfig:
     (as `grid_features`, `grid_levels` levels) whose nodes are (latent_features, h0, w0) maps,
     interpolated between views and concatenated to the MLP's start grid (HiNeRV's and FFNeRV's
     grids of spatial latents): each view's spatial layout is learned directly, not through the MLP.
+    `c1_share`: c1 as a share of c2 when `target_cr` sizes the model (the paper's 128/1024 = 1/8
+    at 1024²; 1/4 by default).
     """
 
     arch: Literal["nervi", "nerv"] = "nervi"
@@ -93,6 +95,7 @@ class ModelConfig:
     block: Literal["pixelshuffle", "bilinear"] = "pixelshuffle"
     kernel: int = field(default=3, metadata=check(lambda v: v >= 1 and v % 2 == 1, "an odd size ≥ 1"))
     latent_features: int = field(default=0, metadata=check(lambda v: v >= 0, "0 (none) or more"))
+    c1_share: float = field(default=0.25, metadata=check(lambda v: 0 < v <= 4, "a share in (0, 4]"))
 
     def __post_init__(self):
         for name in ("stem", "upscale", "grid_size", "periodic", "periods"):  # lists → tuples: hashable
@@ -140,7 +143,7 @@ PRESETS = {
     "grid": ModelConfig(grid_features=16, periodic=("phi",), composite="soft"),
     "hinervi": ModelConfig(c1=32, c2=64, pe_levels=6, norm="none", channel_decay=1.5, min_channels=12,
                            grid_features=8, periodic=("phi",), composite="soft", stem_layer="single",
-                           block="bilinear"),
+                           block="bilinear", c1_share=0.5),
 }
 DEFAULT_PRESET = "grid"
 PERIODS = {"phi": 360.0}  # the period of each parameter that `periodic` may name
@@ -220,8 +223,7 @@ def sized_for(config: ModelConfig, height: int, width: int, num_params: int, raw
     weights, so the CR reached is the one asked for)."""
 
     def with_c2(c2: int) -> ModelConfig:
-        # bilinear blocks are cheap per channel, so the stem keeps half the first block's width
-        c1 = max(16, c2 // 2) if config.block == "bilinear" else max(8, c2 // 4)
+        c1 = max(8, round(c2 * config.c1_share))
         return dataclasses.replace(config, c2=c2, c1=c1, min_channels=max(config.min_channels, SIZED_MIN_CHANNELS))
 
     def size(c2: int) -> float:
@@ -470,7 +472,7 @@ class UpscaleBlock(nn.Sequential):
 
 
 class BilinearBlock(nn.Sequential):
-    """Bilinear ×s → Conv k×k (in → out) → GELU.
+    """Bilinear ×s → Conv k×k (in → out) → norm → GELU.
 
     Parameter-free upsampling has no PixelShuffle checkerboard, and the convolution runs at the
     output resolution with in·out·k² weights instead of in·out·s²·9: a quarter of the weights
@@ -479,10 +481,11 @@ class BilinearBlock(nn.Sequential):
     on one CPU core at 12–24 channels.)
     """
 
-    def __init__(self, in_channels: int, out_channels: int, factor: int, kernel: int):
+    def __init__(self, in_channels: int, out_channels: int, factor: int, kernel: int, norm: str):
         super().__init__(
             nn.Upsample(scale_factor=factor, mode="bilinear", align_corners=False),
             nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2),
+            nn.BatchNorm2d(out_channels) if norm == "batch" else nn.Identity(),
             nn.GELU(),
         )
 
@@ -529,7 +532,7 @@ class NeRVI(nn.Module):
                                  if self.config.stem_layer == "residual" else self._layer(c1, stem_cells, False))
         channels = self.config.channels(len(factors))
         if self.config.block == "bilinear":
-            blocks = [BilinearBlock(i, o, s, self.config.kernel)
+            blocks = [BilinearBlock(i, o, s, self.config.kernel, self.config.norm)
                       for i, o, s in zip([c1 + latent_channels] + channels[:-1], channels, factors)]
         else:
             blocks = [UpscaleBlock(i, o, s, self.config.norm)
