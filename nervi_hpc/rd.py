@@ -154,8 +154,9 @@ class TimePoint:
 
 def plot_time(curves: Mapping[str, Sequence[TimePoint]], codec_lines: Mapping[str, Mapping[str, float]],
               path: str | os.PathLike, title: str) -> None:
-    """PSNR of each run's snapshot archives against training minutes (log axis), and each
-    codec's PSNR at that run's CR as a dotted line across (`codec_lines[run][codec]`)."""
+    """PSNR of each run's snapshot archives against the training process's CPU minutes (log
+    axis: fair between runs that shared a machine), and each codec's PSNR at that run's CR as a
+    dotted line across (`codec_lines[run][codec]`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,7 +167,7 @@ def plot_time(curves: Mapping[str, Sequence[TimePoint]], codec_lines: Mapping[st
     colours = pyplot.get_cmap("tab10").colors
     for k, (run, points) in enumerate(curves.items()):
         colour = colours[k % len(colours)]
-        xy = [(p.minutes, p.psnr) for p in sorted(points, key=lambda p: p.minutes) if p.psnr is not None]
+        xy = [(p.cpu_minutes, p.psnr) for p in sorted(points, key=lambda p: p.minutes) if p.psnr is not None]
         if xy:
             cr = points[-1].cr
             axis.plot(*zip(*xy), marker="o", linewidth=2.2, color=colour, label=f"{run} (CR {cr:.0f})")
@@ -177,9 +178,10 @@ def plot_time(curves: Mapping[str, Sequence[TimePoint]], codec_lines: Mapping[st
     axis.set_xscale("log")
     axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     axis.xaxis.set_minor_formatter(NullFormatter())
-    axis.set_xticks([t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if t >= min(
-        (p.minutes for ps in curves.values() for p in ps), default=1) / 2])
-    axis.set_xlabel("training minutes (log scale)")
+    spent = [p.cpu_minutes for ps in curves.values() for p in ps] or [1.0]
+    axis.set_xticks([t for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+                     if min(spent) / 2 <= t <= max(spent) * 2])
+    axis.set_xlabel("training CPU minutes (log scale)")
     axis.set_ylabel("PSNR of the archive (dB, whole image)")
     axis.grid(True, which="both", alpha=0.25)
     axis.legend(fontsize=8, loc="lower right")
