@@ -189,11 +189,15 @@ class Bench:
     def result_dir(self, method: str, setting: str) -> Path:
         return self.out / "results" / method / setting
 
+    def run_dir(self, label: str, setting: str) -> Path:
+        """The training run of a nervi variant's label and setting."""
+        return self.out / "runs" / (label if setting == "model" else f"{label}-{setting}")
+
     def tasks(self) -> Iterator[Task]:
         """Every point of the bench, nervi runs first (each run's archives together)."""
         for variant in self.spec.nervi:
             for setting, model in variant.runs():
-                run_dir = self.out / "runs" / (variant.label if setting == "model" else f"{variant.label}-{setting}")
+                run_dir = self.run_dir(variant.label, setting)
                 for method, bits, fraction in variant.archives():
                     yield Task(variant.label, method, setting, "nervi",
                                lambda out, v=variant, m=model, r=run_dir, n=method, b=bits, p=fraction:
@@ -337,6 +341,11 @@ class Bench:
                 curve.append(rd.TimePoint(run, when["minutes"], when["cpu_minutes"], when["epochs"],
                                           figures["compression_ratio"], figures["psnr_db"]["mean"],
                                           figures["foreground_psnr_db"]["mean"]))
+            final = checkpoint.latest(self.run_dir(point.method, point.setting) / "checkpoints")
+            if final is not None:  # the run's end: the archive the point itself measured
+                state, _ = checkpoint.load(final)
+                curve.append(rd.TimePoint(run, state["seconds"] / 60, state.get("cpu_seconds", 0.0) / 60,
+                                          int(state["epoch"]), point.cr, point.psnr, point.foreground_psnr))
             if curve:
                 curves[run] = sorted(curve, key=lambda p: p.minutes)
                 lines[run] = {c: v for c in sorted(codecs)

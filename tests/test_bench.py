@@ -196,7 +196,8 @@ def test_a_variant_trained_to_convergence_gets_a_psnr_against_time_curve(tmp_pat
     Bench(write_spec(tmp_path, spec), out, say=lambda line: None).run()
     results = json.loads((out / "results.json").read_text())
     curve = results["in_time"]["tiny model"]
-    assert len(curve) == 2 and curve[0]["minutes"] < curve[1]["minutes"]
+    assert len(curve) == 3 and curve[0]["minutes"] < curve[1]["minutes"] <= curve[2]["minutes"]  # + the end
+    assert curve[2]["psnr"] == results["points"][0]["psnr"]
     assert all(p["cr"] > 0 and p["psnr"] > 5 for p in curve)
     for snapshot in (out / "results" / "tiny" / "model" / "time").iterdir():
         assert json.loads((snapshot / "summary.json").read_text())["compression_ratio"] > 0
