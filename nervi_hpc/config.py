@@ -146,7 +146,8 @@ class TrainSpec:
     `mask_loss: l1, ssim_weight: 0.3, composite_weight: 0`. `snapshot_minutes` keeps a copy of
     the weights at those training times in `snapshots/` (for PSNR-vs-time curves);
     `until_gain_db` stops training once the training PSNR gained less than that over the last
-    quarter of the training time (convergence), whatever `epochs` and `max_minutes` allow.
+    quarter of the training time (convergence), whatever `epochs` and `max_minutes` allow, after
+    a cooldown of `cooldown_share` of the time trained until then.
     `clock` "cpu" counts `max_minutes`, `snapshot_minutes` and the cooldown in this process's
     CPU time instead of wall-clock time: a fair budget on a shared machine (one thread per run).
     `resident_share`: the collection is loaded once onto the training device when its uint8
@@ -169,6 +170,7 @@ class TrainSpec:
     checkpoint_minutes: float = field(default=10.0, metadata=check(_positive, "a positive number of minutes"))
     keep_latest_k: int = field(default=2, metadata=check(_positive, "a positive count"))
     loader_workers: int = field(default=2, metadata=check(lambda v: v >= 0, "0 or more"))
+    cooldown_share: float = field(default=0.2, metadata=check(lambda v: 0 < v <= 1, "a fraction in (0, 1]"))
     clock: Literal["wall", "cpu"] = "wall"
     resident_share: float = field(default=0.25, metadata=check(lambda v: 0 <= v <= 0.9, "a fraction in [0, 0.9]"))
     amp: Literal["auto", "bf16", "off"] = "auto"

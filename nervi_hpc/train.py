@@ -88,8 +88,8 @@ def learning_rate(cfg: TrainSpec, progress: float, cooldown: float | None = None
 class Cooldown:
     """The lr decay that ends a run trained to convergence: from `start` for `length` seconds.
 
-    It starts when the training PSNR plateaus (`plateaued`), lasting COOLDOWN_SHARE of the time
-    trained so far, or at LATEST_COOLDOWN of the run's cap at the latest, lasting the rest: a
+    It starts when the training PSNR plateaus (`plateaued`), lasting `train.cooldown_share` of the
+    time trained so far, or at LATEST_COOLDOWN of the run's cap at the latest, lasting the rest: a
     plateau at the peak lr is not convergence (it was, on the grid preset, after 3 minutes at
     21 dB), so every run ends with its lr decayed, and stops when the cooldown is over.
     """
@@ -101,7 +101,6 @@ class Cooldown:
         return (elapsed - self.start) / max(self.length, 1e-9)
 
 
-COOLDOWN_SHARE = 0.2
 LATEST_COOLDOWN = 0.8
 
 
@@ -289,7 +288,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             # cool down only when every rank sees the plateau (their PSNRs are of different batches)
             flat, now = _agree([float(not plateaued(history, cfg.until_gain_db)), history[-1][0]], env)
             if flat == 0.0:
-                cooldown = Cooldown(now, COOLDOWN_SHARE * now)
+                cooldown = Cooldown(now, cfg.cooldown_share * now)
     recalibrate_batchnorm(module, data.inputs.to(env.device), batch_size)
     final = save(stopped and not converged)
     bar.close()
