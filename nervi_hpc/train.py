@@ -247,6 +247,8 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
                 loss = loss_fn(output.float(), images, masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
             step += 1
             start_batch += 1

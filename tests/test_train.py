@@ -83,6 +83,15 @@ def test_training_to_convergence_stops_after_its_cooldown_and_keeps_snapshots(tm
     assert records[-1]["event"] == "converged"
 
 
+def test_clip_grad_clips_every_step_to_its_norm(tmp_path, make_store, monkeypatch):
+    make_store(size=16)
+    calls = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, norm: calls.append(norm) or real(params, norm))
+    result = train(tmp_path, spec(epochs=2, batch_size=4, clip_grad=0.5), progress=False)
+    assert calls == [0.5] * result.steps
+
+
 def test_a_cpu_clock_budget_counts_the_training_process_cpu_time(tmp_path, make_store):
     make_store(size=16)
     result = train(tmp_path, spec(epochs=100000, batch_size=4, max_minutes=0.02, clock="cpu"), progress=False)
