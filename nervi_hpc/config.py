@@ -148,7 +148,8 @@ class TrainSpec:
     `until_gain_db` stops training once the training PSNR gained less than that over the last
     quarter of the training time (convergence), whatever `epochs` and `max_minutes` allow, after
     a cooldown of `cooldown_share` of the time trained until then.
-    `clip_grad` > 0 clips the gradients' global norm to it before each step (HiNeRV clips at 1).
+    `clip_grad` > 0 clips the gradients' global norm to it before each step (1, as HiNeRV: without
+    it a grid run collapsed at the peak lr, docs/benchmarks.md).
     `clock` "cpu" counts `max_minutes`, `snapshot_minutes` and the cooldown in this process's
     CPU time instead of wall-clock time: a fair budget on a shared machine (one thread per run).
     `resident_share`: the collection is loaded once onto the training device when its uint8
@@ -171,7 +172,7 @@ class TrainSpec:
     checkpoint_minutes: float = field(default=10.0, metadata=check(_positive, "a positive number of minutes"))
     keep_latest_k: int = field(default=2, metadata=check(_positive, "a positive count"))
     loader_workers: int = field(default=2, metadata=check(lambda v: v >= 0, "0 or more"))
-    clip_grad: float = field(default=0.0, metadata=check(lambda v: v >= 0, "0 (off) or a positive norm"))
+    clip_grad: float = field(default=1.0, metadata=check(lambda v: v >= 0, "0 (off) or a positive norm"))
     cooldown_share: float = field(default=0.2, metadata=check(lambda v: 0 < v <= 1, "a fraction in (0, 1]"))
     clock: Literal["wall", "cpu"] = "wall"
     resident_share: float = field(default=0.25, metadata=check(lambda v: 0 <= v <= 0.9, "a fraction in [0, 0.9]"))
