@@ -384,9 +384,13 @@ def _sequence(raw, where, expand_scalar=False):
 
 
 def _number(raw, where) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-        raise ConfigError(f"{where}: bad value {_show(raw)} (expected a number)")
-    return float(raw)
+    try:  # YAML and JSON integers are unbounded: float(2**1100) overflows
+        value = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else math.nan
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: bad value {_show(raw)} (expected a finite number)")
+    return value
 
 
 def _join(where: str, key: str) -> str:
