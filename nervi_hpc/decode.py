@@ -36,12 +36,11 @@ from .data import normalize
 from .errors import ArchiveError, ConfigError, ModelError, NerviError
 from .imaging import write_png
 from .model import MAX_INPUTS, ModelConfig, NeRVI, composite, to_uint8
-from .sources import Source
+from .sources import MAX_IMAGES, Source
 
 META_VERSION = 1
 MAX_SIDE = 16384            # image height/width an archive may declare
 MAX_PARAMETERS = MAX_INPUTS
-MAX_IMAGES = 10_000_000     # images an archive may declare (its grid is materialised on demand)
 BATCH_PIXELS = 1 << 22      # default batch: about 4 M output pixels (4 images of 1024², 64 of 256²)
 MAX_BATCH = 256
 GRID_TOLERANCE = 1e-9       # relative: a value this close to a grid value is on the grid
