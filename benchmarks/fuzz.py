@@ -35,6 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from nervi_hpc.codec import archive, huffman
+from nervi_hpc.codec.quantize import quantize
+from nervi_hpc.data import normalize
+from nervi_hpc.decode import ArchiveMeta, Decoder, Parameter, model_skeleton
+from nervi_hpc.errors import ArchiveError, NerviError
+from nervi_hpc.model import ModelConfig, NeRVI, with_parameter_grids
 
 OUTCOMES = ("clean", "uncaught", "hang", "memory", "NaN")
 CLEAN = ("refused", "identical", "decoded")  # how a clean case ended
@@ -60,13 +68,6 @@ IMAGE_HOSTILE = {"height": [8192, 16384, 10**5, 17], "width": [8192, 16384, 10**
 
 def write_base(path: Path) -> Path:
     """A small valid archive: random NeRVI weights (BatchNorm statistics moved), 24 images of 16²."""
-    import torch
-
-    from nervi_hpc.codec.archive import write_archive
-    from nervi_hpc.codec.quantize import quantize
-    from nervi_hpc.decode import ArchiveMeta, Parameter
-    from nervi_hpc.model import ModelConfig, NeRVI, with_parameter_grids
-
     torch.manual_seed(0)
     config = with_parameter_grids(ModelConfig(c1=8, c2=16, grid_features=4, periodic=("phi",), composite="soft")
                                   .resolved(SIDE, SIDE), GRIDS)
@@ -77,22 +78,18 @@ def write_base(path: Path) -> Path:
     meta = ArchiveMeta(model=model.config, parameters=parameters, height=SIDE, width=SIDE,
                        background=(255, 255, 255), mode="ir", count=24, bits=9,
                        training={"epochs": 1, "psnr": 20.0}, source="fuzz base")
-    write_archive(path, quantize(model.eval().state_dict(), 9), meta.to_json())
+    archive.write_archive(path, quantize(model.eval().state_dict(), 9), meta.to_json())
     return path
 
 
 def split(data: bytes) -> tuple[dict, bytes]:
     """(header JSON, payload) of a well-formed archive's bytes."""
-    from nervi_hpc.codec.archive import PREFIX
-
     header_len = struct.unpack_from("<Q", data, 10)[0]
-    return json.loads(data[PREFIX.size:PREFIX.size + header_len]), data[PREFIX.size + header_len:]
+    return json.loads(data[archive.PREFIX.size:archive.PREFIX.size + header_len]), data[archive.PREFIX.size + header_len:]
 
 
 def frame(header: dict, payload: bytes) -> bytes:
     """An archive around `header` and `payload` with every checksum and length recomputed."""
-    from nervi_hpc.codec import archive
-
     codec = header.get("codec")
     if isinstance(codec, dict):
         codec["payload_bytes"] = len(payload)
@@ -102,11 +99,9 @@ def frame(header: dict, payload: bytes) -> bytes:
 
 def one_symbol_payload(count: int, symbol: int = 0) -> tuple[dict, bytes]:
     """(code table, stream) of `count` copies of one symbol (1 bit each), without encoding them."""
-    from nervi_hpc.codec.huffman import BLOCK_SYMBOLS
-
-    blocks = -(-count // BLOCK_SYMBOLS)
-    index = np.full(blocks, BLOCK_SYMBOLS, "<u4")
-    index[-1] = count - (blocks - 1) * BLOCK_SYMBOLS
+    blocks = -(-count // huffman.BLOCK_SYMBOLS)
+    index = np.full(blocks, huffman.BLOCK_SYMBOLS, "<u4")
+    index[-1] = count - (blocks - 1) * huffman.BLOCK_SYMBOLS
     return {"symbols": [symbol], "lengths": [1]}, index.tobytes() + bytes((count + 7) // 8)
 
 
@@ -190,28 +185,37 @@ def image_field(rng, header, payload):
     return header, payload
 
 
+def declared_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
+    """The floating-point tensor shapes of the model `meta` declares; NerviError if it does not build."""
+    skeleton = model_skeleton(ArchiveMeta.from_json(meta))
+    return {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if v.is_floating_point()}
+
+
+def fit_codec(header: dict, shapes: dict[str, tuple[int, ...]], symbol: int = 0, low: float = 0.0,
+              step: float = 0.0) -> bytes:
+    """Rewrite the codec's tensors to `shapes`, every weight the one symbol `symbol` (1 bit each,
+    dequantised to low + symbol·step); returns the payload."""
+    count = sum(int(np.prod(s)) for s in shapes.values())
+    table, payload = one_symbol_payload(count, symbol)
+    header["codec"].update(symbols=count, code_table=table, tensors=[
+        {"name": name, "shape": list(shape), "dtype": "float32",
+         "min": b64_floats([low] * (shape[0] if len(shape) >= 2 else 1)),
+         "scale": b64_floats([step] * (shape[0] if len(shape) >= 2 else 1))}
+        for name, shape in shapes.items()])
+    return payload
+
+
 def refit(rng, header, payload):
     """A forged model or image size with the codec's tensors rewritten to its shapes, so that
     only the reader's limits stand between it and the allocation (one-symbol payload)."""
     header, payload = (model_field if rng.random() < 0.5 else image_field)(rng, header, payload)
-    from nervi_hpc.decode import ArchiveMeta, model_skeleton
-    from nervi_hpc.errors import NerviError
-
     try:
-        skeleton = model_skeleton(ArchiveMeta.from_json(header["meta"]))
-        shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if v.is_floating_point()}
+        shapes = declared_shapes(header["meta"])
     except NerviError:
         return header, payload
-    count = sum(int(np.prod(s)) for s in shapes.values())
-    if count > MAX_FORGED_SYMBOLS or count == 0:
+    if not 0 < sum(int(np.prod(s)) for s in shapes.values()) <= MAX_FORGED_SYMBOLS:
         return header, payload
-    table, payload = one_symbol_payload(count, int(rng.integers(512)))
-    header["codec"].update(symbols=count, code_table=table, tensors=[
-        {"name": name, "shape": list(shape), "dtype": "float32",
-         "min": b64_floats([-0.1] * (shape[0] if len(shape) >= 2 else 1)),
-         "scale": b64_floats([0.2 / 511] * (shape[0] if len(shape) >= 2 else 1))}
-        for name, shape in shapes.items()])
-    return header, payload
+    return header, fit_codec(header, shapes, int(rng.integers(512)), -0.1, 0.2 / 511)
 
 
 def codec_values(rng, header, payload):
@@ -228,9 +232,10 @@ def codec_values(rng, header, payload):
 def codec_stream(rng, header, payload):
     """Payload re-encoded: random symbols (a valid stream of other weights), one symbol, or the
     symbol count / code table forged against the stream."""
-    from nervi_hpc.codec import huffman
-
     codec = header["codec"]
+    if not (type(codec["bits"]) is int and 2 <= codec["bits"] <= 16 and type(codec["symbols"]) is int
+            and 0 <= codec["symbols"] <= MAX_FORGED_SYMBOLS):
+        return header, payload  # an earlier mutation forged these: nothing sane to re-encode
     choice = rng.random()
     if choice < 0.4:
         symbols = rng.integers(0, 1 << codec["bits"], size=codec["symbols"]).astype(np.uint16)
@@ -275,7 +280,10 @@ def make_case(base: bytes, rng: np.random.Generator) -> Case:
     kinds = []
     for _ in range(1 if rng.random() < 0.7 else int(rng.integers(2, 4))):
         mutate = FORGERIES[int(rng.choice(len(FORGERIES), p=weights / weights.sum()))][0]
-        header, payload = mutate(rng, header, payload)
+        try:
+            header, payload = mutate(rng, header, payload)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            continue  # an earlier mutation removed or retyped what this one edits
         kinds.append(mutate.__name__)
     return Case("forged: " + "+".join(kinds), frame(header, payload), harmless=kinds == ["harmless"])
 
@@ -285,12 +293,6 @@ def make_case(base: bytes, rng: np.random.Generator) -> Case:
 
 
 def worker(base: str, memory_mb: int) -> None:
-    import torch
-
-    from nervi_hpc.data import normalize
-    from nervi_hpc.decode import Decoder
-    from nervi_hpc.errors import ArchiveError
-
     torch.set_num_threads(1)
     reference = Decoder.open(base, device="cpu")
     expected = reference.decode(reference.grid()[:2])
@@ -312,8 +314,10 @@ def worker(base: str, memory_mb: int) -> None:
                 outcome, how = "clean", "identical" if np.array_equal(images, expected) else "decoded"
         except ArchiveError as e:
             text = str(e)
-            one_line = "\n" not in text and text.startswith(path)
-            outcome, how = ("clean", "refused") if one_line else ("uncaught", f"not one line naming the file: {text[:200]}")
+            if "\n" not in text and text.startswith(path):
+                outcome, how = "clean", "refused"
+            else:
+                outcome, how = "uncaught", f"not one line naming the file: {text[:200]}"
         except MemoryError:
             outcome, how = "memory", "MemoryError"
         except RuntimeError as e:  # torch's allocator reports an exhausted limit as a RuntimeError

@@ -68,7 +68,8 @@ class Limits:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Limits:
         values = {}
-        for field_name, var, unit in (("memory_bytes", "NERVI_MAX_MEMORY_MB", 1 << 20), ("images", "NERVI_MAX_IMAGES", 1)):
+        for field_name, var, unit in (("memory_bytes", "NERVI_MAX_MEMORY_MB", 1 << 20),
+                                      ("images", "NERVI_MAX_IMAGES", 1)):
             text = env.get(var)
             if text is None:
                 continue
@@ -92,7 +93,8 @@ class Limits:
     def batch_size(self, config: ModelConfig, height: int, width: int) -> int:
         """The most images one forward pass may hold within the budget (at least 1)."""
         elements = frame_elements(config, height, width)
-        return max(1, min(self.memory_bytes // (elements * 4 * ACTIVATION_COPIES), (MAX_ELEMENTS - 1) // elements))
+        return max(1, min(self.memory_bytes // (elements * 4 * ACTIVATION_COPIES),
+                          (MAX_ELEMENTS - 1) // elements))
 
 
 def frame_elements(config: ModelConfig, height: int, width: int) -> int:
@@ -218,13 +220,11 @@ def _integer(value, where: str, low: int, high: int) -> int:
 
 
 def _finite_numbers(values, where: str) -> tuple[float, ...]:
-    if not isinstance(values, list) or not all(type(v) in (int, float) for v in values):
-        raise ArchiveError(f"{where} must be a list of finite numbers")
-    try:  # JSON integers are unbounded: 2**1100 overflows a float
-        numbers = tuple(float(v) for v in values)
-    except OverflowError:
-        numbers = (math.inf,)
-    if not all(math.isfinite(v) for v in numbers):
+    numbers = None
+    if isinstance(values, list) and all(type(v) in (int, float) for v in values):
+        with contextlib.suppress(OverflowError):  # JSON integers are unbounded: float(2**1100) overflows
+            numbers = tuple(float(v) for v in values)
+    if numbers is None or not all(math.isfinite(v) for v in numbers):
         raise ArchiveError(f"{where} must be a list of finite numbers")
     return numbers
 

@@ -79,7 +79,8 @@ class ModelConfig:
     c2: int = field(default=1024, metadata=check(_width, f"an integer in 1..{MAX_WIDTH}"))
     pe_levels: int = field(default=4, metadata=check(lambda v: 0 <= v <= 32, "0..32"))
     pe_include_input: bool = False
-    omega0: float = field(default=30.0, metadata=check(lambda v: 0 < v <= MAX_OMEGA0, f"a number in (0, {MAX_OMEGA0:g}]"))
+    omega0: float = field(default=30.0, metadata=check(lambda v: 0 < v <= MAX_OMEGA0,
+                                                       f"a number in (0, {MAX_OMEGA0:g}]"))
     norm: Literal["batch", "none"] = "batch"
     channel_decay: float = field(default=2.0, metadata=check(lambda v: 1 <= v <= MAX_DECAY,
                                                              f"a number in 1..{MAX_DECAY:g}"))

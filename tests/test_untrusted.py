@@ -55,18 +55,9 @@ def refused(path, match, **kw):
 
 
 def fit_codec(header):
-    """Rewrite the codec's tensors to the declared model's shapes, as one-symbol stream: what is
-    left to stop such a file is the reader's budget."""
-    from nervi_hpc.decode import ArchiveMeta, model_skeleton
-
-    meta = ArchiveMeta.from_json(header["meta"])
-    shapes = {k: tuple(v.shape) for k, v in model_skeleton(meta).state_dict().items() if v.is_floating_point()}
-    count = sum(int(np.prod(s)) for s in shapes.values())
-    table, payload = fuzz.one_symbol_payload(count)
-    header["codec"].update(symbols=count, code_table=table, tensors=[
-        {"name": n, "shape": list(s), "dtype": "float32", "min": fuzz.b64_floats([0.0] * (s[0] if len(s) > 1 else 1)),
-         "scale": fuzz.b64_floats([0.0] * (s[0] if len(s) > 1 else 1))} for n, s in shapes.items()])
-    return payload
+    """The codec's tensors rewritten to the declared model's shapes, as a one-symbol stream:
+    what is left to stop such a file is the reader's budget."""
+    return fuzz.fit_codec(header, fuzz.declared_shapes(header["meta"]))
 
 
 def test_a_million_grid_levels_is_refused_at_once(base, tmp_path):
