@@ -432,20 +432,23 @@ def read_yaml(path: str | os.PathLike) -> Any:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
     if size > MAX_YAML_VALUES:
-        raise ConfigError(f"{path}: expands to {size:,} values through YAML aliases "
-                          f"(at most {MAX_YAML_VALUES:,}); is it an alias bomb?")
+        how = "endlessly (an alias inside itself)" if size == math.inf else f"to {size:,} values"
+        raise ConfigError(f"{path}: expands {how} through YAML aliases (at most {MAX_YAML_VALUES:,} "
+                          f"values); is it an alias bomb?")
     return data
 
 
-def _expanded_size(value, sizes: dict[int, int]) -> int:
+def _expanded_size(value, sizes: dict[int, float | None]) -> float:
     """How many values `value` holds once its shared (aliased) parts are copied out: counted
-    once per distinct object (memo `sizes`), so a bomb is measured without being walked."""
+    once per distinct object (memo `sizes`), so a bomb is measured without being walked; inf
+    for a structure that contains itself (`&a [*a]`)."""
     if not isinstance(value, (dict, list)):
         return 1
-    if id(value) not in sizes:
-        sizes[id(value)] = 0  # a recursive alias (`&a [*a]`) counts once, without looping
-        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
-        sizes[id(value)] = 1 + sum(_expanded_size(v, sizes) for v in items)
+    if id(value) in sizes:
+        return math.inf if sizes[id(value)] is None else sizes[id(value)]
+    sizes[id(value)] = None  # being counted: meeting it again inside means a cycle
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+    sizes[id(value)] = 1 + sum(_expanded_size(v, sizes) for v in items)
     return sizes[id(value)]
 
 

@@ -90,8 +90,11 @@ def test_a_yaml_alias_bomb_is_refused_at_load(tmp_path, capsys):
     path = spec(tmp_path, BOMB)
     assert path.stat().st_size < 700
     with deadline(5), pytest.raises(ConfigError, match=r"dataset.yaml: expands to 1,234,567,917 values through "
-                                                       r"YAML aliases \(at most 100,000\); is it an alias bomb\?"):
+                                                       r"YAML aliases \(at most 100,000 values\); is it an alias bomb"):
         load_dataset(path)
+    looped = spec(tmp_path, "name: loop\nsource: {kind: synthetic}\nmodel: &m {c1: *m}\n", "loop.yaml")
+    with pytest.raises(ConfigError, match=r"loop.yaml: expands endlessly \(an alias inside itself\)"):
+        load_dataset(looped)
     with deadline(10):
         assert main(["submit", str(path), "--dry-run"]) == 1
     assert capsys.readouterr().err.strip().count("\n") == 0
