@@ -56,20 +56,23 @@ class ParameterError(NerviError, ValueError):
 @dataclass(frozen=True)
 class Limits:
     """What opening and decoding one archive may cost: `memory_bytes` for its weights and for
-    one batch's activations, `images` for the rows of its training grid (`decode --all`).
+    one batch's activations; for its whole training grid (`decode --all`) `images` rows and
+    `output_bytes` of decoded pixels (count × H × W × 3).
 
-    `from_env` reads NERVI_MAX_MEMORY_MB and NERVI_MAX_IMAGES, so a user with a large archive
-    and a large machine can raise them without a code change.
+    `from_env` reads NERVI_MAX_MEMORY_MB, NERVI_MAX_IMAGES and NERVI_MAX_OUTPUT_GB, so a user with
+    a large archive and a large machine can raise them without a code change.
     """
 
     memory_bytes: int = 4 << 30
     images: int = 1_000_000
+    output_bytes: int = 64 << 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Limits:
         values = {}
         for field_name, var, unit in (("memory_bytes", "NERVI_MAX_MEMORY_MB", 1 << 20),
-                                      ("images", "NERVI_MAX_IMAGES", 1)):
+                                      ("images", "NERVI_MAX_IMAGES", 1),
+                                      ("output_bytes", "NERVI_MAX_OUTPUT_GB", 1 << 30)):
             text = env.get(var)
             if text is None:
                 continue
@@ -406,12 +409,18 @@ class Decoder:
         return "bfloat16 autocast" if self.cuda else "float32"
 
     def grid(self) -> np.ndarray:
-        """float64 (count, P): the training parameter rows; ArchiveError when the archive declares
-        more than `limits.images`."""
-        if self.meta.count > self.limits.images:
-            raise ArchiveError(f"{self.where}: declares {self.meta.count:,} images, more than the "
-                               f"{self.limits.images:,} one decode may take (NERVI_MAX_IMAGES)")
-        return self.meta.grid()
+        """float64 (count, P): the training parameter rows; ArchiveError when they are more than
+        `limits.images` or their pixels more than `limits.output_bytes`."""
+        meta, limits = self.meta, self.limits
+        if meta.count > limits.images:
+            raise ArchiveError(f"{self.where}: declares {meta.count:,} images, more than the "
+                               f"{limits.images:,} one decode may take (NERVI_MAX_IMAGES)")
+        pixels = meta.count * meta.height * meta.width * 3
+        if pixels > limits.output_bytes:
+            raise ArchiveError(f"{self.where}: declares {meta.count:,} images of {meta.height}×{meta.width}, "
+                               f"{_gb(pixels)} of pixels, more than the {_gb(limits.output_bytes)} one "
+                               f"decode may write (NERVI_MAX_OUTPUT_GB)")
+        return meta.grid()
 
     def check(self, params: np.ndarray) -> np.ndarray:
         """Validate (n, P) parameter rows; returns a bool per row: True where some value is off

@@ -148,17 +148,22 @@ def test_overflowing_or_non_finite_weights_never_decode(base, tmp_path):
         decoder.decode(decoder.grid()[:1])
 
 
-def test_decode_all_refuses_more_images_than_the_limit(base, monkeypatch):
+def test_decode_all_refuses_more_images_or_pixels_than_the_limits(base, monkeypatch):
     decoder = Decoder.open(base, device="cpu")
     assert decoder.grid().shape == (24, 3)
     monkeypatch.setenv("NERVI_MAX_IMAGES", "10")
     limited = Decoder.open(base, device="cpu")
     with pytest.raises(ArchiveError, match=rf"^{base}: declares 24 images, more than the 10 one decode may take"):
         limited.grid()
+    small = Decoder(decoder.model, decoder.meta, device="cpu", info=decoder.info, limits=Limits(output_bytes=10_000))
+    with pytest.raises(ArchiveError, match=rf"^{base}: declares 24 images of 16×16, 0.00 GiB of pixels, more "
+                                           r"than the 0.00 GiB one decode may write \(NERVI_MAX_OUTPUT_GB\)"):
+        small.grid()
 
 
 def test_limits_come_from_the_environment_and_bound_the_batch(base):
-    assert Limits.from_env({"NERVI_MAX_MEMORY_MB": "64", "NERVI_MAX_IMAGES": "5"}) == Limits(64 << 20, 5)
+    assert (Limits.from_env({"NERVI_MAX_MEMORY_MB": "64", "NERVI_MAX_IMAGES": "5", "NERVI_MAX_OUTPUT_GB": "2"})
+            == Limits(64 << 20, 5, 2 << 30))
     with pytest.raises(ConfigError, match=r"\$NERVI_MAX_MEMORY_MB: 'lots' is not a positive integer"):
         Limits.from_env({"NERVI_MAX_MEMORY_MB": "lots"})
     decoder = Decoder.open(base, device="cpu")
