@@ -1,7 +1,7 @@
 """Fuzz the archive reader: seeded damaged and forged `.nervi` files, each opened and decoded by
 a sandboxed worker process under a memory limit and a time bound per case.
 
-    python benchmarks/fuzz.py --cases 1000 --seed 0            # prints the table of outcomes
+    python benchmarks/fuzz.py --cases 2000 --seed 0            # prints the table of outcomes
 
 Cases start from one small valid archive (a NeRVI with feature grids and BatchNorm, 16² images)
 and are plain damage (byte flips, truncation: checksums left wrong) or forgeries whose checksums
@@ -110,7 +110,7 @@ def b64_floats(values) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Mutations: each returns (bytes, harmless?) from the base header/payload and a random generator
+# Mutations: each edits (header, payload) with a random generator and returns them
 
 
 @dataclass
