@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from .errors import NerviError
 
 
-def _source_from_arg(arg: str, pattern: str | None, mode: str):
+def _source_from_arg(arg: str, pattern: str | None, mode: str, allow_outside: bool = False):
     """A Source from a dataset.yaml, a Cinema database folder, or an image folder + pattern."""
     from .config import CinemaSource, FolderSource, load_dataset
     from .errors import ConfigError, SourceError
@@ -19,13 +20,16 @@ def _source_from_arg(arg: str, pattern: str | None, mode: str):
     if path.suffix in (".yaml", ".yml"):
         if mode != "unknown":
             raise ConfigError(f"{path}: --mode is for folders; set source.mode in the dataset.yaml")
-        return open_source(load_dataset(path).source)
+        source = load_dataset(path).source
+        if allow_outside and isinstance(source, CinemaSource):
+            source = dataclasses.replace(source, allow_outside=True)
+        return open_source(source)
     if not path.is_dir():
         raise SourceError(f"{path}: not a dataset.yaml, Cinema database or image folder")
     if pattern:
         return open_source(FolderSource(kind="folder", path=str(path), pattern=pattern, mode=mode))
     if (path / "data.csv").exists():
-        return open_source(CinemaSource(kind="cinema", path=str(path), mode=mode))
+        return open_source(CinemaSource(kind="cinema", path=str(path), mode=mode, allow_outside=allow_outside))
     raise SourceError(f"{path}: no data.csv (not a Cinema database); for an image folder give --pattern")
 
 
@@ -46,7 +50,7 @@ def cmd_render(args) -> None:
 def cmd_ingest(args) -> None:
     from .ingest import ingest
 
-    source = _source_from_arg(args.source, args.pattern, args.mode)
+    source = _source_from_arg(args.source, args.pattern, args.mode, args.allow_outside)
     result = ingest(source, args.output, shard_size=args.shard_size, workers=args.workers,
                     progress=not args.quiet, contact_sheet=args.contact_sheet)
     print(result.summary())
@@ -288,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes (default: CPU count, at most 8); "
                    "under mpiexec/srun the MPI ranks are the workers")
     p.add_argument("--contact-sheet", help="also write a contact sheet PNG of the store")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="let a Cinema database's FILE values name images outside its folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_ingest)
 

@@ -21,6 +21,8 @@ import yaml
 from .errors import ConfigError
 
 RGB = tuple[int, int, int]
+MAX_GRID_VALUES = 1_000_000   # values of one parameter grid ({start, stop, step} is checked before it is built)
+MAX_YAML_VALUES = 100_000     # values a YAML file may expand to: aliases make a 600-byte file a billion
 
 
 def check(predicate, message: str):
@@ -50,6 +52,9 @@ class Grid:
         elif isinstance(raw, dict):
             spec = build(_Range, raw, where)
             count = math.floor((spec.stop - spec.start) / spec.step + 1e-9) + 1
+            if count > MAX_GRID_VALUES:
+                raise ConfigError(f"{where}: {{start: {spec.start:g}, stop: {spec.stop:g}, step: {spec.step:g}}} "
+                                  f"has {count:,} values (at most {MAX_GRID_VALUES:,})")
             values = [spec.start + i * spec.step for i in range(count)]
         else:
             raise ConfigError(f"{where}: expected a number, a list or {{start, stop, step}}, got {raw!r}")
@@ -112,6 +117,7 @@ class CinemaSource:
     background: RGB | None = field(default=None, metadata=check(_rgb, "[r, g, b] in 0..255"))
     mask_tolerance: int = field(default=0, metadata=check(lambda v: 0 <= v <= 255, "0..255"))
     mode: Literal["ir", "dvr", "unknown"] = "unknown"
+    allow_outside: bool = False  # FILE values may name images outside the database's folder
 
 
 @dataclass(frozen=True)
@@ -189,8 +195,8 @@ class TrainSpec:
 class DatasetSpec:
     """One dataset.yaml: what to compress and how.
 
-    `model` holds a preset name and architecture overrides (nervi_hpc.model checks its keys
-    strictly when the model is built, so loading a spec does not import torch).
+    `model` holds a preset name and architecture overrides; `load_dataset` checks its keys and
+    values (all but what depends on the image size, which the model's build checks).
     """
 
     name: str = field(metadata=check(lambda v: v and all(c.isalnum() or c in "-_." for c in v),
@@ -402,9 +408,13 @@ def _sequence(raw, where, expand_scalar=False):
 
 
 def _number(raw, where) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-        raise ConfigError(f"{where}: bad value {_show(raw)} (expected a number)")
-    return float(raw)
+    try:  # YAML and JSON integers are unbounded: float(2**1100) overflows
+        value = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else math.nan
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: bad value {_show(raw)} (expected a finite number)")
+    return value
 
 
 def _join(where: str, key: str) -> str:
@@ -430,12 +440,34 @@ def read_yaml(path: str | os.PathLike) -> Any:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
+        size = _expanded_size(data, {})
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
+    if size > MAX_YAML_VALUES:
+        how = "endlessly (an alias inside itself)" if size == math.inf else f"to {size:,} values"
+        raise ConfigError(f"{path}: expands {how} through YAML aliases (at most {MAX_YAML_VALUES:,} "
+                          f"values); is it an alias bomb?")
+    return data
+
+
+def _expanded_size(value, sizes: dict[int, float | None]) -> float:
+    """How many values `value` holds once its shared (aliased) parts are copied out: counted
+    once per distinct object (memo `sizes`), so a bomb is measured without being walked; inf
+    for a structure that contains itself (`&a [*a]`)."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    if id(value) in sizes:
+        return math.inf if sizes[id(value)] is None else sizes[id(value)]
+    sizes[id(value)] = None  # being counted: meeting it again inside means a cycle
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+    sizes[id(value)] = 1 + sum(_expanded_size(v, sizes) for v in items)
+    return sizes[id(value)]
 
 
 def _load(cls, path):
@@ -449,10 +481,30 @@ def _load(cls, path):
 def load_dataset(path: str | os.PathLike) -> DatasetSpec:
     """Load a dataset.yaml. Relative source paths are resolved against the file's folder."""
     spec = _load(DatasetSpec, path)
+    try:
+        check_model_section(spec.model)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     source = spec.source
     if hasattr(source, "path") and not os.path.isabs(source.path):
         source = dataclasses.replace(source, path=str((Path(path).parent / source.path).resolve()))
     return dataclasses.replace(spec, source=source)
+
+
+def check_model_section(section: dict[str, Any]) -> None:
+    """ConfigError for a `model:` section with an unknown preset or key or a bad value (what
+    depends on the image size, such as stem and upscale factors, is checked when it is built)."""
+    from .errors import ModelError
+    from .model import DEFAULT_PRESET, PRESETS, ModelConfig  # torch: only where a spec is loaded
+
+    name = section.get("preset", DEFAULT_PRESET)
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError(f"model.preset: unknown preset {name!r} (presets: {', '.join(PRESETS)})")
+    overrides = {k: v for k, v in section.items() if k not in ("preset", "target_cr")}
+    try:
+        ModelConfig.from_dict({**PRESETS[name].to_dict(), **overrides})
+    except ModelError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_cluster(path: str | os.PathLike | None = None) -> ClusterConfig:

@@ -9,13 +9,18 @@ autocast in channels_last; on the CPU in float32.
 
 Parameter values inside the trained range but off the training grid are allowed (the paper's
 §4.5 interpolation) and reported as unseen; values outside the range raise ParameterError.
+
+An archive is untrusted input, so `Decoder.open` checks everything it would cost from the header
+alone, before the payload is read: the declared model (bounded field by field, built on the meta
+device), its tensor shapes against the codec's, and its weight and per-frame memory against
+`Limits` (environment variables raise them). A decode whose network yields a non-finite value is
+an ArchiveError, never an image.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -30,20 +35,83 @@ from .codec.archive import ArchiveInfo, read_archive
 from .data import normalize
 from .errors import ArchiveError, ConfigError, ModelError, NerviError
 from .imaging import write_png
-from .model import ModelConfig, NeRVI, composite, to_uint8
-from .sources import Source
+from .model import MAX_INPUTS, ModelConfig, NeRVI, composite, to_uint8
+from .sources import MAX_IMAGES, Source
 
 META_VERSION = 1
 MAX_SIDE = 16384            # image height/width an archive may declare
-MAX_PARAMETERS = 64
-MAX_IMAGES = 10_000_000     # images an archive may declare (its grid is materialised on demand)
+MAX_PARAMETERS = MAX_INPUTS
 BATCH_PIXELS = 1 << 22      # default batch: about 4 M output pixels (4 images of 1024², 64 of 256²)
 MAX_BATCH = 256
 GRID_TOLERANCE = 1e-9       # relative: a value this close to a grid value is on the grid
+WEIGHT_BYTES = 2 + 4 + 4    # per weight while opening: its symbol, the state dict, the model
+ACTIVATION_COPIES = 3       # float32 copies of an upscale block's output alive at once (conv, shuffle, norm)
+MAX_ELEMENTS = 1 << 31      # torch kernels index a tensor with 32 bits: one batch's activation stays below
 
 
 class ParameterError(NerviError, ValueError):
     """Decode parameters that are missing, unknown, malformed or outside the trained range."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What opening and decoding one archive may cost: `memory_bytes` for its weights and for
+    one batch's activations; for its whole training grid (`decode --all`) `images` rows and
+    `output_bytes` of decoded pixels (count × H × W × 3).
+
+    `from_env` reads NERVI_MAX_MEMORY_MB, NERVI_MAX_IMAGES and NERVI_MAX_OUTPUT_GB, so a user with
+    a large archive and a large machine can raise them without a code change.
+    """
+
+    memory_bytes: int = 4 << 30
+    images: int = 1_000_000
+    output_bytes: int = 64 << 30
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Limits:
+        values = {}
+        for field_name, var, unit in (("memory_bytes", "NERVI_MAX_MEMORY_MB", 1 << 20),
+                                      ("images", "NERVI_MAX_IMAGES", 1),
+                                      ("output_bytes", "NERVI_MAX_OUTPUT_GB", 1 << 30)):
+            text = env.get(var)
+            if text is None:
+                continue
+            if not text.strip().isdigit() or int(text) < 1:
+                raise ConfigError(f"${var}: {text[:40]!r} is not a positive integer")
+            values[field_name] = int(text) * unit
+        return cls(**values)
+
+    def check_model(self, meta: ArchiveMeta, skeleton: NeRVI) -> None:
+        """ArchiveError when the model's weights or one image's activations exceed the budget."""
+        weights = sum(t.numel() for t in skeleton.state_dict().values())
+        if weights * WEIGHT_BYTES > self.memory_bytes:
+            raise ArchiveError(f"meta.model: {weights:,} weights need {_gb(weights * WEIGHT_BYTES)} to open, "
+                               f"over the budget of {_gb(self.memory_bytes)} (NERVI_MAX_MEMORY_MB)")
+        elements = frame_elements(skeleton.config, meta.height, meta.width)
+        if elements >= MAX_ELEMENTS or elements * 4 * ACTIVATION_COPIES > self.memory_bytes:
+            raise ArchiveError(f"meta.image: one {meta.height}×{meta.width} image needs "
+                               f"{_gb(elements * 4 * ACTIVATION_COPIES)} to decode with this model, over the "
+                               f"budget of {_gb(self.memory_bytes)} (NERVI_MAX_MEMORY_MB)")
+
+    def batch_size(self, config: ModelConfig, height: int, width: int) -> int:
+        """The most images one forward pass may hold within the budget (at least 1)."""
+        elements = frame_elements(config, height, width)
+        return max(1, min(self.memory_bytes // (elements * 4 * ACTIVATION_COPIES),
+                          (MAX_ELEMENTS - 1) // elements))
+
+
+def frame_elements(config: ModelConfig, height: int, width: int) -> int:
+    """The largest activation (float count) of one image: an upscale block's or the head's output."""
+    h, w = config.stem
+    largest = 4 * height * width
+    for channels, factor in zip(config.channels(len(config.upscale)), config.upscale):
+        h, w = h * factor, w * factor
+        largest = max(largest, channels * h * w)
+    return largest
+
+
+def _gb(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,8 +161,8 @@ class ArchiveMeta:
         """float64 (count, P): every training parameter row (the grid product, first name slowest)."""
         if self.points is not None:
             return np.array(self.points, dtype=np.float64).reshape(self.count, len(self.parameters))
-        return np.array(list(itertools.product(*(p.grid for p in self.parameters))),
-                        dtype=np.float64).reshape(self.count, len(self.parameters))
+        axes = np.meshgrid(*(np.array(p.grid, dtype=np.float64) for p in self.parameters), indexing="ij")
+        return np.stack(axes, axis=-1).reshape(self.count, len(self.parameters))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -155,9 +223,13 @@ def _integer(value, where: str, low: int, high: int) -> int:
 
 
 def _finite_numbers(values, where: str) -> tuple[float, ...]:
-    if not isinstance(values, list) or not all(type(v) in (int, float) and math.isfinite(v) for v in values):
+    numbers = None
+    if isinstance(values, list) and all(type(v) in (int, float) for v in values):
+        with contextlib.suppress(OverflowError):  # JSON integers are unbounded: float(2**1100) overflows
+            numbers = tuple(float(v) for v in values)
+    if numbers is None or not all(math.isfinite(v) for v in numbers):
         raise ArchiveError(f"{where} must be a list of finite numbers")
-    return tuple(float(v) for v in values)
+    return numbers
 
 
 def _parameters(raw, count: int) -> tuple[Parameter, ...]:
@@ -172,8 +244,8 @@ def _parameters(raw, count: int) -> tuple[Parameter, ...]:
             raise ArchiveError(f"{where}.name must be a non-empty string, distinct from the others")
         low_high = _finite_numbers(entry.get("range"), f"{where}.range")
         grid = _finite_numbers(entry.get("grid"), f"{where}.grid")
-        if len(low_high) != 2 or low_high[0] > low_high[1]:
-            raise ArchiveError(f"{where}.range must be [low, high] with low ≤ high")
+        if len(low_high) != 2 or low_high[0] > low_high[1] or not math.isfinite(low_high[1] - low_high[0]):
+            raise ArchiveError(f"{where}.range must be [low, high] with low ≤ high and a finite span")
         if (not 1 <= len(grid) <= count or any(a >= b for a, b in zip(grid, grid[1:]))
                 or grid[0] < low_high[0] or grid[-1] > low_high[1]):
             raise ArchiveError(f"{where}.grid must be 1..{count} increasing values inside its range")
@@ -193,6 +265,10 @@ def _points(raw, parameters: tuple[Parameter, ...], count: int) -> tuple[tuple[f
     rows = tuple(_finite_numbers(row, "meta.points[…]") for row in raw)
     if any(len(row) != len(parameters) for row in rows):
         raise ArchiveError(f"meta.points rows must hold {len(parameters)} values")
+    values = np.array(rows, dtype=np.float64)
+    low, high = np.array([[p.low, p.high] for p in parameters]).T
+    if ((values < low) | (values > high)).any():
+        raise ArchiveError("meta.points has a row outside the parameter ranges")
     return rows
 
 
@@ -203,19 +279,43 @@ def _points(raw, parameters: tuple[Parameter, ...], count: int) -> tuple[tuple[f
 def build_model(meta: ArchiveMeta, state: Mapping[str, torch.Tensor]) -> NeRVI:
     """The network of `meta` holding the weights of `state`, in eval mode on the CPU.
 
-    Every floating-point tensor of the network must be in `state` with its shape, and `state`
-    must hold nothing the network lacks. Integer buffers (BatchNorm's step counter, which archives
-    drop) are optional: inference does not read them, and absent ones are zeroed. The check runs on
-    a meta-device skeleton, so a forged config allocates nothing before it fails.
+    Every floating-point tensor of the network must be in `state` with its shape, finite, and
+    `state` must hold nothing the network lacks. Integer buffers (BatchNorm's step counter, which
+    archives drop) are optional: inference does not read them, and absent ones are zeroed. The
+    check runs on a meta-device skeleton, so a forged config allocates nothing before it fails.
     """
+    skeleton = model_skeleton(meta)
+    check_shapes(skeleton, {k: tuple(v.shape) for k, v in state.items()})
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ArchiveError(f"tensor {name!r} holds non-finite values")
+        if name.endswith("running_var") and (tensor < 0).any():  # BatchNorm would take its square root
+            raise ArchiveError(f"tensor {name!r}: a BatchNorm variance is negative")
+    model = skeleton.to_empty(device="cpu")
+    model.load_state_dict(state, strict=False)
+    for name, buffer in model.named_buffers():
+        if name not in state:
+            buffer.zero_()
+    return model.eval()
+
+
+def model_skeleton(meta: ArchiveMeta) -> NeRVI:
+    """The network `meta` declares, on the meta device (nothing allocated); ArchiveError when it
+    cannot be built."""
     try:
         with torch.device("meta"):
-            skeleton = NeRVI(meta.model, meta.height, meta.width, len(meta.parameters))
+            return NeRVI(meta.model, meta.height, meta.width, len(meta.parameters))
     except ModelError as e:
         raise ArchiveError(f"the archive's model cannot be built: {e}") from None
+    except (ValueError, TypeError, OverflowError, RuntimeError) as e:  # what a field bound did not foresee
+        raise ArchiveError(f"the archive's model cannot be built ({type(e).__name__}: {e})") from None
+
+
+def check_shapes(skeleton: NeRVI, given: Mapping[str, tuple[int, ...]]) -> None:
+    """ArchiveError unless `given` (name → shape) holds every floating-point tensor of
+    `skeleton` with its shape and nothing the network lacks."""
     known = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     needed = {k for k, v in skeleton.state_dict().items() if v.is_floating_point()}
-    given = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(needed - set(given))
     extra = sorted(set(given) - set(known))
     wrong = sorted(k for k in set(known) & set(given) if known[k] != given[k])
@@ -224,12 +324,6 @@ def build_model(meta: ArchiveMeta, state: Mapping[str, torch.Tensor]) -> NeRVI:
                     for label, names in (("lacks", missing), ("has unknown tensors", extra),
                                          ("has wrong shapes for", wrong)) if names]
         raise ArchiveError(f"the weights do not fit the model: it {'; '.join(problems)}")
-    model = skeleton.to_empty(device="cpu")
-    model.load_state_dict(state, strict=False)
-    for name, buffer in model.named_buffers():
-        if name not in state:
-            buffer.zero_()
-    return model.eval()
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -266,9 +360,12 @@ class Decoder:
     """
 
     def __init__(self, model: NeRVI, meta: ArchiveMeta, *, device: str | torch.device | None = None,
-                 batch_size: int | None = None, info: ArchiveInfo | None = None):
-        if batch_size is not None and batch_size < 1:
-            raise ConfigError(f"--batch-size: must be a positive integer, got {batch_size}")
+                 batch_size: int | None = None, info: ArchiveInfo | None = None, limits: Limits | None = None):
+        self.limits = limits or Limits()
+        largest = self.limits.batch_size(model.config, meta.height, meta.width)
+        if batch_size is not None and not 1 <= batch_size <= largest:
+            raise ConfigError(f"--batch-size: must be an integer in 1..{largest} for this archive "
+                              f"(memory budget NERVI_MAX_MEMORY_MB), got {batch_size}")
         self.meta = meta
         self.info = info
         self.device = pick_device(device)
@@ -276,21 +373,31 @@ class Decoder:
         self.model = model.to(self.device).eval()
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.batch_size = batch_size or default_batch_size(meta.height, meta.width)
+        self.batch_size = batch_size or min(default_batch_size(meta.height, meta.width), largest)
+        self.where = str(info.path) if info else "the model"
 
     @classmethod
     def open(cls, path: str | os.PathLike, device: str | torch.device | None = None,
-             batch_size: int | None = None) -> Decoder:
+             batch_size: int | None = None, limits: Limits | None = None) -> Decoder:
         """Read the archive at `path` (once) and build its model; ArchiveError naming the file."""
-        raw, state, info = read_archive(path)
+        limits = limits or Limits.from_env()
+        declared = []
+
+        def check(header: dict) -> None:  # before the payload is read or decoded
+            meta = ArchiveMeta.from_json(header["meta"])
+            if meta.bits != header["codec"]["bits"]:
+                raise ArchiveError(f"meta says {meta.bits}-bit quantization, the codec {header['codec']['bits']}")
+            skeleton = model_skeleton(meta)
+            limits.check_model(meta, skeleton)
+            check_shapes(skeleton, {t["name"]: tuple(t["shape"]) for t in header["codec"]["tensors"]})
+            declared.append(meta)
+
+        _, state, info = read_archive(path, check)
         try:
-            meta = ArchiveMeta.from_json(raw)
-            if meta.bits != info.bits:
-                raise ArchiveError(f"meta says {meta.bits}-bit quantization, the codec {info.bits}")
-            model = build_model(meta, state)
+            model = build_model(declared[0], state)
         except ArchiveError as e:
             raise ArchiveError(f"{path}: {e}") from None
-        return cls(model, meta, device=device, batch_size=batch_size, info=info)
+        return cls(model, declared[0], device=device, batch_size=batch_size, info=info, limits=limits)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -302,8 +409,18 @@ class Decoder:
         return "bfloat16 autocast" if self.cuda else "float32"
 
     def grid(self) -> np.ndarray:
-        """float64 (count, P): the training parameter rows."""
-        return self.meta.grid()
+        """float64 (count, P): the training parameter rows; ArchiveError when they are more than
+        `limits.images` or their pixels more than `limits.output_bytes`."""
+        meta, limits = self.meta, self.limits
+        if meta.count > limits.images:
+            raise ArchiveError(f"{self.where}: declares {meta.count:,} images, more than the "
+                               f"{limits.images:,} one decode may take (NERVI_MAX_IMAGES)")
+        pixels = meta.count * meta.height * meta.width * 3
+        if pixels > limits.output_bytes:
+            raise ArchiveError(f"{self.where}: declares {meta.count:,} images of {meta.height}×{meta.width}, "
+                               f"{_gb(pixels)} of pixels, more than the {_gb(limits.output_bytes)} one "
+                               f"decode may write (NERVI_MAX_OUTPUT_GB)")
+        return meta.grid()
 
     def check(self, params: np.ndarray) -> np.ndarray:
         """Validate (n, P) parameter rows; returns a bool per row: True where some value is off
@@ -346,6 +463,9 @@ class Decoder:
             x = inputs[start:start + self.batch_size].to(self.device)
             with torch.inference_mode(), autocast:
                 output = self.model(x).float()
+            if not torch.isfinite(output).all():  # forged weights: never a plausible (black) image
+                raise ArchiveError(f"{self.where}: the network gives non-finite values for "
+                                   f"{self.describe(params[start])} (corrupt or forged weights)")
             images = to_uint8(composite(output, background, soft))
             if output.shape[1] == 4:
                 masks = (output[:, 3] > 0.5).to(torch.uint8)

@@ -32,7 +32,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
             pixels = np.asarray(im)
     except FileNotFoundError:
         raise SourceError(f"{path}: image file is missing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         if isinstance(e, SourceError):
             raise
         raise SourceError(f"{path}: corrupt or unreadable image ({e})") from None
@@ -48,8 +48,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             return im.height, im.width
     except FileNotFoundError:
         raise SourceError(f"{path}: image file is missing") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise SourceError(f"{path}: corrupt or unreadable image ({e})") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:  # PIL refuses a bomb from
+        raise SourceError(f"{path}: corrupt or unreadable image ({e})") from None  # its header, before decoding
 
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None) -> None:

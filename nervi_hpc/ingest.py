@@ -22,6 +22,7 @@ import os
 import queue
 import shutil
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -48,6 +49,7 @@ MAX_WORKERS = 8
 BACKGROUND_SAMPLES = 16
 SHEET_IMAGES = 64
 WHITE = (255, 255, 255)
+WATCHDOG_SECONDS = 0.5  # how often a pool worker checks that its parent still lives
 # Set by MPI launchers (Open MPI, MPICH/Hydra, Intel MPI, PMIx/Slurm); only then is mpi4py imported.
 MPI_LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMI_RANK", "PMIX_RANK", "MPI_LOCALNRANKS")
 MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS")
@@ -361,7 +363,8 @@ def _write_local(plan: _Plan, shards: list[int], workers: int, report: Callable[
             except queue.Empty:
                 return
 
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(plan, reports))
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(plan, reports, os.getpid()))
     try:
         pending = {pool.submit(_pool_write_shard, shard) for shard in shards}
         while pending:
@@ -382,11 +385,20 @@ _worker_plan: _Plan | None = None
 _worker_progress = None
 
 
-def _init_worker(plan: _Plan, progress) -> None:
+def _init_worker(plan: _Plan, progress, parent: int) -> None:
     global _worker_plan, _worker_progress
     _worker_plan, _worker_progress = plan, progress
+    threading.Thread(target=_exit_with, args=(parent,), name="parent-watchdog", daemon=True).start()
     if "torch" in sys.modules:  # a synthetic source renders with torch: processes parallelise,
         sys.modules["torch"].set_num_threads(1)  # threads would only fight over the cores
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker once its parent is gone (killed with -9, say): the pool's own shutdown
+    never runs then, and shards written for nobody would hold the CPUs and disks for minutes."""
+    while os.getppid() == parent:
+        time.sleep(WATCHDOG_SECONDS)
+    os._exit(1)
 
 
 def _pool_write_shard(shard: int) -> None:

@@ -25,27 +25,38 @@ from .errors import ConfigError, ModelError
 MAX_FACTOR = 5          # largest PixelShuffle factor of one upscale block
 MAX_STEM_CELLS = 256    # h0·w0 at most: rb2's last layer has (c1·h0·w0)² weights
 MAX_GRID_NODES = 64     # finest feature-grid nodes along one parameter
+# Upper bounds of every field, so that a config read from an untrusted archive builds (on the meta
+# device) in bounded time; each is far above anything trained here (paper: c1 128, c2 1024, ω0 30).
+MAX_INPUTS = 64         # input parameters (and per-parameter entries of periods, grid_size, periodic)
+MAX_WIDTH = 8192        # c1, c2, min_channels
+MAX_OMEGA0 = 1e4
+MAX_DECAY = 1024.0
+MAX_UPSCALE_BLOCKS = 16  # 2^16 > the largest image side an archive may declare
+MAX_GRID_FEATURES = 256
+MAX_GRID_LEVELS = 16
+MAX_GRID_DIMS = 8       # parameters a feature grid spans: it interpolates 2^dims corners
+MAX_GRID_CELLS = 1 << 24  # nodes of the finest feature grid
 EXAMPLE_SIZES = "e.g. 64×64, 256×256, 400×400, 1024×1024, 1920×1080"
 
 
-def _positive_int(v) -> bool:
-    return v >= 1
+def _width(v) -> bool:
+    return 1 <= v <= MAX_WIDTH
 
 
 def _pair_or_none(v) -> bool:
-    return v is None or (len(v) == 2 and all(x >= 1 for x in v))
+    return v is None or (len(v) == 2 and all(1 <= x <= MAX_STEM_CELLS for x in v))
 
 
 def _factors_or_none(v) -> bool:
-    return v is None or all(2 <= s <= MAX_FACTOR for s in v)
+    return v is None or (len(v) <= MAX_UPSCALE_BLOCKS and all(2 <= s <= MAX_FACTOR for s in v))
 
 
 def _sizes_or_none(v) -> bool:
-    return v is None or all(x >= 1 for x in v)
+    return v is None or (len(v) <= MAX_INPUTS and all(1 <= x <= MAX_GRID_NODES for x in v))
 
 
 def _periods_or_none(v) -> bool:
-    return v is None or all(x == 0 or x >= 2 for x in v)
+    return v is None or (len(v) <= MAX_INPUTS and all(x == 0 or 2 <= x < math.inf for x in v))
 
 
 @dataclass(frozen=True)
@@ -73,23 +84,30 @@ class ModelConfig:
     """
 
     arch: Literal["nervi", "nerv"] = "nervi"
-    c1: int = field(default=128, metadata=check(_positive_int, "a positive integer"))
-    c2: int = field(default=1024, metadata=check(_positive_int, "a positive integer"))
+    c1: int = field(default=128, metadata=check(_width, f"an integer in 1..{MAX_WIDTH}"))
+    c2: int = field(default=1024, metadata=check(_width, f"an integer in 1..{MAX_WIDTH}"))
     pe_levels: int = field(default=4, metadata=check(lambda v: 0 <= v <= 32, "0..32"))
     pe_include_input: bool = False
-    omega0: float = field(default=30.0, metadata=check(lambda v: v > 0, "a positive number"))
+    omega0: float = field(default=30.0, metadata=check(lambda v: 0 < v <= MAX_OMEGA0,
+                                                       f"a number in (0, {MAX_OMEGA0:g}]"))
     norm: Literal["batch", "none"] = "batch"
-    channel_decay: float = field(default=2.0, metadata=check(lambda v: v >= 1, "a number ≥ 1"))
-    min_channels: int = field(default=1, metadata=check(_positive_int, "a positive integer"))
-    stem: tuple[int, int] | None = field(default=None, metadata=check(_pair_or_none, "[h0, w0], each ≥ 1"))
-    upscale: tuple[int, ...] | None = field(default=None,
-                                            metadata=check(_factors_or_none, f"factors in 2..{MAX_FACTOR}"))
-    grid_features: int = field(default=0, metadata=check(lambda v: v >= 0, "0 (no grid) or more"))
-    grid_levels: int = field(default=3, metadata=check(_positive_int, "a positive integer"))
-    grid_size: tuple[int, ...] | None = field(default=None, metadata=check(_sizes_or_none, "sizes ≥ 1"))
-    periodic: tuple[str, ...] = ()
-    periods: tuple[float, ...] | None = field(default=None,
-                                              metadata=check(_periods_or_none, "0 or a period ≥ 2"))
+    channel_decay: float = field(default=2.0, metadata=check(lambda v: 1 <= v <= MAX_DECAY,
+                                                             f"a number in 1..{MAX_DECAY:g}"))
+    min_channels: int = field(default=1, metadata=check(_width, f"an integer in 1..{MAX_WIDTH}"))
+    stem: tuple[int, int] | None = field(default=None, metadata=check(_pair_or_none,
+                                                                      f"[h0, w0], each in 1..{MAX_STEM_CELLS}"))
+    upscale: tuple[int, ...] | None = field(default=None, metadata=check(
+        _factors_or_none, f"at most {MAX_UPSCALE_BLOCKS} factors in 2..{MAX_FACTOR}"))
+    grid_features: int = field(default=0, metadata=check(lambda v: 0 <= v <= MAX_GRID_FEATURES,
+                                                         f"0 (no grid) to {MAX_GRID_FEATURES}"))
+    grid_levels: int = field(default=3, metadata=check(lambda v: 1 <= v <= MAX_GRID_LEVELS,
+                                                       f"an integer in 1..{MAX_GRID_LEVELS}"))
+    grid_size: tuple[int, ...] | None = field(default=None, metadata=check(
+        _sizes_or_none, f"at most {MAX_INPUTS} sizes in 1..{MAX_GRID_NODES}"))
+    periodic: tuple[str, ...] = field(default=(), metadata=check(lambda v: len(v) <= MAX_INPUTS,
+                                                                 f"at most {MAX_INPUTS} names"))
+    periods: tuple[float, ...] | None = field(default=None, metadata=check(
+        _periods_or_none, f"at most {MAX_INPUTS} values, each 0 or a finite period ≥ 2"))
     composite: Literal["hard", "soft"] = "hard"
     stem_layer: Literal["residual", "single"] = "residual"
     block: Literal["pixelshuffle", "bilinear"] = "pixelshuffle"
@@ -383,6 +401,10 @@ class FeatureGrid(nn.Module):
 
     def __init__(self, sizes: Sequence[int], periods: Sequence[float], levels: int, features: int):
         super().__init__()
+        if len(sizes) > MAX_GRID_DIMS or math.prod(sizes) > MAX_GRID_CELLS:
+            raise ModelError(f"model.grid_size: a feature grid over {len(sizes)} parameters with "
+                             f"{math.prod(sizes):,} nodes (at most {MAX_GRID_DIMS} parameters, "
+                             f"{MAX_GRID_CELLS:,} nodes)")
         self.periods = tuple(periods)
         self.resolutions = [tuple(max(1, math.ceil(n / 2 ** (levels - 1 - level))) for n in sizes)
                             for level in range(levels)]

@@ -101,7 +101,7 @@ def test_cinema_accepts_crlf_quotes_blank_lines_absolute_paths_and_file_uris(tmp
     write_image(tmp_path / "elsewhere.png")
     make_db(db, f'"t",FILE\r\n0,"a.png"\r\n\r\n1,{tmp_path / "elsewhere.png"}\r\n'
                 f'2,file://{db / "my%20b.png"}\r\n', ["a.png", "my b.png"])
-    source = CinemaDatabase.open(db)
+    source = CinemaDatabase.open(db, allow_outside=True)  # elsewhere.png is outside the database
     assert source.files == (str(db / "a.png"), str(tmp_path / "elsewhere.png"), str(db / "my b.png"))
 
 

@@ -17,6 +17,10 @@ The codec header holds, per tensor, name, shape, dtype and its float32 min/scale
 little-endian float32 (exact); then the code table, symbol count, payload size and sha256.
 Reading treats the file as untrusted: no pickle or eval, every length is checked against the
 file size before anything is allocated, and every problem is an ArchiveError naming the file.
+The header alone bounds the payload's work: the code table has no more entries than there are
+symbols, every channel's largest value min + (2^b − 1)·scale is a finite float32 (so every
+decoded weight is finite), and a caller's `check` sees the header before the payload is read
+(decode.py compares the tensor shapes with the declared model there).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -119,12 +124,19 @@ def read_header(path: str | os.PathLike) -> dict:
         return header
 
 
-def read_archive(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], ArchiveInfo]:
-    """(meta, float32 state dict, info) of an archive; load with `load_state_dict(strict=False)`."""
+def read_archive(path: str | os.PathLike, check: Callable[[dict], object] | None = None
+                 ) -> tuple[dict, dict[str, torch.Tensor], ArchiveInfo]:
+    """(meta, float32 state dict, info) of an archive; load with `load_state_dict(strict=False)`.
+
+    `check(header)` runs on the validated header before the payload is read or decoded, so a
+    caller can refuse a forged header (raising ArchiveError) before any work it would cause.
+    """
     with _naming(path):
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             header, header_bytes = _read_header(f, size)
+            if check is not None:
+                check(header)
             codec = header["codec"]
             payload = f.read(codec["payload_bytes"])
         if len(payload) != codec["payload_bytes"]:
@@ -219,12 +231,14 @@ def _check_header(header) -> None:
     table = huffman.CodeTable.from_json(codec["code_table"])
     if table.symbols and table.symbols[-1] >= 1 << bits:
         raise ArchiveError(f"code table has symbol {table.symbols[-1]}, beyond {bits}-bit quantization")
+    if len(table.symbols) > codec["symbols"]:  # the writer's table holds only symbols that occur
+        raise ArchiveError(f"code table has {len(table.symbols)} entries for {codec['symbols']} symbols")
     tensors = codec["tensors"]
     if not isinstance(tensors, list):
         raise ArchiveError("codec 'tensors' must be a list")
     names, total = set(), 0
     for entry in tensors:
-        name, numel = _check_tensor_entry(entry)
+        name, numel = _check_tensor_entry(entry, (1 << bits) - 1)
         if name in names:
             raise ArchiveError(f"tensor {name!r} appears twice")
         names.add(name)
@@ -233,7 +247,7 @@ def _check_header(header) -> None:
         raise ArchiveError(f"tensors hold {total} elements but the header declares {codec['symbols']} symbols")
 
 
-def _check_tensor_entry(entry) -> tuple[str, int]:
+def _check_tensor_entry(entry, levels: int) -> tuple[str, int]:
     if not isinstance(entry, dict) or set(entry) != TENSOR_KEYS:
         raise ArchiveError(f"each tensor entry must be an object with the keys {sorted(TENSOR_KEYS)}")
     name, shape = entry["name"], entry["shape"]
@@ -249,6 +263,10 @@ def _check_tensor_entry(entry) -> tuple[str, int]:
     scale = _floats_from_b64(entry["scale"], channels, name, "scale")
     if not (np.isfinite(minimum).all() and np.isfinite(scale).all() and (scale >= 0).all()):
         raise ArchiveError(f"tensor {name!r}: min/scale must be finite and scale non-negative")
+    with np.errstate(over="ignore"):  # dequantization's own float32 arithmetic, for its top symbol
+        top = minimum + np.float32(levels) * scale
+    if not np.isfinite(top).all():
+        raise ArchiveError(f"tensor {name!r}: min + {levels}·scale overflows float32")
     return name, math.prod(shape)
 
 

@@ -14,6 +14,8 @@ import numpy as np
 
 from ..config import CinemaSource, FolderSource, SourceSpec, SyntheticSource
 
+MAX_IMAGES = 10_000_000  # images one collection may hold (a store, a synthetic grid, an archive)
+
 
 @dataclass
 class Source(abc.ABC):
@@ -59,8 +61,8 @@ def open_source(spec: SourceSpec) -> Source:
     if isinstance(spec, CinemaSource):
         from .cinema import CinemaDatabase
 
-        return CinemaDatabase.open(spec.path, background=spec.background,
-                                   mask_tolerance=spec.mask_tolerance, mode=spec.mode)
+        return CinemaDatabase.open(spec.path, background=spec.background, mask_tolerance=spec.mask_tolerance,
+                                   mode=spec.mode, allow_outside=spec.allow_outside)
     if isinstance(spec, FolderSource):
         from .folder import ImageFolder
 

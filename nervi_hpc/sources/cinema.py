@@ -2,7 +2,9 @@
 
 A database is a folder holding `data.csv` (UTF-8, RFC 4180, one header row): parameter columns
 first, then one or more FILE columns (named `FILE` or starting with `FILE`) whose values are
-image paths relative to the folder (absolute paths and file:// URIs also work).
+image paths relative to the folder (absolute paths and file:// URIs also work). A database is
+untrusted input: its images must lie inside its folder (symbolic links resolved) unless the
+user opts in with `allow_outside`, so that a received database cannot pull in other files.
 """
 
 from __future__ import annotations
@@ -36,21 +38,22 @@ class CinemaDatabase(FileSource):
     """
 
     @classmethod
-    def open(cls, path, *, background=None, mask_tolerance: int = 0,
-             mode: str = "unknown") -> "CinemaDatabase":
+    def open(cls, path, *, background=None, mask_tolerance: int = 0, mode: str = "unknown",
+             allow_outside: bool = False) -> "CinemaDatabase":
         folder = Path(path)
         if not folder.is_dir():
             raise SourceError(f"{folder}: no such folder (expected a Cinema database)")
         csv_path = folder / CSV_NAME
         if not csv_path.is_file():
             raise SourceError(f"{folder}: no {CSV_NAME} (not a Cinema database)")
-        names, entries = _read_csv(csv_path)
+        names, entries = _read_csv(csv_path, None if allow_outside else folder.resolve())
         return cls.from_entries(names, entries, description=f"Cinema database {folder}",
                                 background=background, mask_tolerance=mask_tolerance, mode=mode)
 
 
-def _read_csv(csv_path: Path) -> tuple[list[str], list[Entry]]:
-    """Parameter names and one Entry per data row of a spec D `data.csv`."""
+def _read_csv(csv_path: Path, inside: Path | None) -> tuple[list[str], list[Entry]]:
+    """Parameter names and one Entry per data row of a spec D `data.csv`; every image must lie
+    inside the folder `inside` (None: anywhere)."""
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, strict=True)
@@ -63,7 +66,7 @@ def _read_csv(csv_path: Path) -> tuple[list[str], list[Entry]]:
                 for row in reader:  # a quoted value may span lines: report where the row starts
                     start, end = end + 1, reader.line_num
                     if row:
-                        entries.append(_parse_row(csv_path, start, row, names, file_column))
+                        entries.append(_parse_row(csv_path, start, row, names, file_column, inside))
             except csv.Error as e:
                 raise SourceError(f"{csv_path} line {reader.line_num}: malformed CSV ({e})") from None
     except UnicodeDecodeError as e:
@@ -97,7 +100,8 @@ def _parse_header(csv_path: Path, header: list[str]) -> tuple[list[str], int]:
     return names, first
 
 
-def _parse_row(csv_path: Path, line: int, row: list[str], names: list[str], file_column: int) -> Entry:
+def _parse_row(csv_path: Path, line: int, row: list[str], names: list[str], file_column: int,
+               inside: Path | None) -> Entry:
     where = f"{csv_path} line {line}"
     if len(row) != len(names):
         raise SourceError(f"{where}: {len(row)} fields, but the header has {len(names)} columns")
@@ -110,14 +114,20 @@ def _parse_row(csv_path: Path, line: int, row: list[str], names: list[str], file
             raise SourceError(f"{where}: parameter column {name!r} has value {text!r}, not a "
                               f"finite number (parameters must be numeric)")
         params.append(value)
-    return Entry(tuple(params), _image_path(csv_path.parent, row[file_column], where, names[file_column]),
-                 f"{CSV_NAME} line {line}")
+    path = _image_path(csv_path.parent, row[file_column], where, names[file_column])
+    if inside is not None and not Path(path).resolve().is_relative_to(inside):
+        raise SourceError(f"{where}: {names[file_column]} value {row[file_column][:200]!r} lies outside the "
+                          f"database folder {inside}; to read it anyway, pass --allow-outside "
+                          f"(or set source.allow_outside: true)")
+    return Entry(tuple(params), path, f"{CSV_NAME} line {line}")
 
 
 def _image_path(folder: Path, value: str, where: str, column: str) -> str:
     """The local file a FILE value names: a path relative to `folder`, absolute, or file://."""
     if not value:
         raise SourceError(f"{where}: empty {column} value (no image for this row)")
+    if "\0" in value:
+        raise SourceError(f"{where}: {column} value {value[:200]!r} holds a NUL byte (not a file name)")
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
         uri = urlparse(value)
         if uri.scheme != "file" or uri.netloc not in ("", "localhost"):

@@ -16,7 +16,7 @@ import torch
 from ..config import SyntheticSource
 from ..errors import ConfigError, SourceError
 from ..render import Surface, TransferFunction, render_isosurface, render_volume
-from . import Source
+from . import MAX_IMAGES, Source
 
 PIXELS_PER_BATCH = 1 << 20  # views rendered together: bounds the float output buffers (~16 MB)
 SLAB_VOXELS = 1 << 21  # voxels of a volume computed at once: bounds the temporaries (~16 MB each)
@@ -160,6 +160,9 @@ class SyntheticScene(Source):
             raise ConfigError(f"source.isovalue: bad value {isovalue:g} (expected a value between 0 and 1, "
                               f"exclusive: the scene's volume is normalised to [0, 1])")
         grids = (spec.t.values, spec.theta.values, spec.phi.values)
+        count = math.prod(len(g) for g in grids)
+        if count > MAX_IMAGES:
+            raise ConfigError(f"source: t × theta × phi is {count:,} images (at most {MAX_IMAGES:,})")
         mesh = np.meshgrid(*grids, indexing="ij")
         params = np.stack([m.ravel() for m in mesh], axis=1).astype(np.float64)
         height, width = spec.size

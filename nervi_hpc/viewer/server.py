@@ -10,24 +10,33 @@ Routes (GET only):
     /api/stats                          per-archive counters of the frame services
 Every bad request gets a 4xx status and a JSON body {"error": "<one line>"}; an unexpected
 failure gets 500 with the same shape, and the server goes on.
+
+Connections are untrusted too: between requests a kept-alive connection waits in one selector,
+costing no thread, and is closed after `idle_timeout`; a bounded pool of threads serves the
+requests that arrive, each socket call of a request bounded by `request_timeout`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
+import selectors
 import signal
+import socket
 import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..decode import ParameterError
-from ..errors import ConfigError
+from ..errors import ArchiveError, ConfigError
 from .archives import ViewedArchive, archive_ids
 from .frames import DEFAULT_CACHE_BYTES, Frame, neighbours
 
@@ -37,6 +46,10 @@ PAGES = {"/": ("index.html", "text/html; charset=utf-8"),
          "/style.css": ("style.css", "text/css; charset=utf-8")}
 MAX_QUERY_FIELDS = 80
 DEFAULT_PORT = 8765
+IDLE_TIMEOUT = 30.0      # seconds a kept-alive connection may wait for its next request
+REQUEST_TIMEOUT = 10.0   # seconds each socket read or write of a request may take
+MAX_WORKERS = 16         # requests served at once (the frame service batches concurrent ones)
+MAX_CONNECTIONS = 512    # connections waiting between requests; beyond it a new one is closed at once
 
 
 class RequestError(Exception):
@@ -118,6 +131,13 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "nervi-hpc-viewer"
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall on keep-alive
+    rbufsize = 0  # unbuffered: nothing of a next request is read ahead (and lost) when the connection waits
+    timeout = REQUEST_TIMEOUT
+
+    def handle(self) -> None:
+        """One request: ViewerServer keeps the connection waiting for the next one."""
+        self.close_connection = True
+        self.handle_one_request()
 
     def do_GET(self) -> None:
         try:
@@ -126,6 +146,8 @@ class Handler(BaseHTTPRequestHandler):
             self._error(e.status, str(e))
         except ParameterError as e:
             self._error(HTTPStatus.BAD_REQUEST, str(e))
+        except ArchiveError as e:  # e.g. forged weights whose frame would be non-finite
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, str(e))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as e:  # a bug must cost one request, never the server
@@ -191,18 +213,104 @@ def _parse_query(query: str) -> dict[str, list[str]]:
         raise ParameterError(f"malformed query string ({e})") from None
 
 
-def make_server(viewer: Viewer, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> ThreadingHTTPServer:
+class ViewerServer(HTTPServer):
+    """An HTTP server whose idle connections cost no thread (see the module docstring): one
+    watcher thread holds every connection between requests in a selector, hands the ones with
+    a request to a pool of `workers` threads and closes those idle for `idle_timeout` seconds."""
+
+    request_queue_size = socket.SOMAXCONN  # the listen backlog: a burst of connections is not refused
+
+    def __init__(self, address, handler, *, idle_timeout: float = IDLE_TIMEOUT, workers: int = MAX_WORKERS):
+        self.idle_timeout = idle_timeout
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="viewer-request")
+        self._arrivals: queue.SimpleQueue = queue.SimpleQueue()  # (socket, address); None: stop
+        self._wake, self._waker = socket.socketpair()
+        self._closing = False
+        self._watcher = threading.Thread(target=self._watch, name="viewer-connections", daemon=True)
+        super().__init__(address, handler)  # binds, or calls server_close and raises
+        self._watcher.start()
+
+    def process_request(self, request, client_address) -> None:
+        self._wait(request, client_address)
+
+    def _wait(self, request, client_address) -> None:
+        """Hand a connection to the watcher until its next request (or its idle timeout)."""
+        if self._closing:
+            self.shutdown_request(request)
+            return
+        self._arrivals.put((request, client_address))
+        self._waker.send(b"\0")
+
+    def _serve(self, request, client_address) -> None:
+        """Serve one request of a connection in a pool thread, then let it wait for the next."""
+        try:
+            handler = self.RequestHandlerClass(request, client_address, self)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+            return
+        if handler.close_connection:
+            self.shutdown_request(request)
+        else:
+            self._wait(request, client_address)
+
+    def _watch(self) -> None:
+        waiting: dict[socket.socket, tuple[Any, float]] = {}  # connection → (address, deadline)
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select(timeout=1.0 if not waiting else
+                                              max(0.0, min(d for _, d in waiting.values()) - time.monotonic())):
+                    if key.fileobj is self._wake:
+                        self._wake.recv(4096)
+                        continue
+                    selector.unregister(key.fileobj)
+                    self._pool.submit(self._serve, key.fileobj, waiting.pop(key.fileobj)[0])
+                while not self._arrivals.empty():
+                    arrival = self._arrivals.get()
+                    if arrival is None:
+                        for request in waiting:
+                            self.shutdown_request(request)
+                        return
+                    if len(waiting) >= MAX_CONNECTIONS:
+                        self.shutdown_request(arrival[0])
+                        continue
+                    try:
+                        selector.register(arrival[0], selectors.EVENT_READ)
+                    except (OSError, ValueError):  # closed meanwhile: nothing left to wait for
+                        self.shutdown_request(arrival[0])
+                        continue
+                    waiting[arrival[0]] = (arrival[1], time.monotonic() + self.idle_timeout)
+                now = time.monotonic()
+                for request in [r for r, (_, deadline) in waiting.items() if deadline <= now]:
+                    selector.unregister(request)
+                    del waiting[request]
+                    self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Close the listening socket, every waiting connection and the pool."""
+        self._closing = True
+        if self._watcher.is_alive():
+            self._arrivals.put(None)
+            self._waker.send(b"\0")
+            self._watcher.join()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._wake.close()
+        self._waker.close()
+        super().server_close()
+
+
+def make_server(viewer: Viewer, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+                idle_timeout: float = IDLE_TIMEOUT, request_timeout: float = REQUEST_TIMEOUT) -> ViewerServer:
     """An HTTP server for `viewer` bound to host:port (port 0: any free port); ConfigError when
     the address cannot be bound."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port: {port} is not a port number (0..65535; 0 picks a free one)")
-    handler = type("ViewerHandler", (Handler,), {"viewer": viewer})
+    handler = type("ViewerHandler", (Handler,), {"viewer": viewer, "timeout": request_timeout})
     try:
-        server = ThreadingHTTPServer((host, port), handler)
+        return ViewerServer((host, port), handler, idle_timeout=idle_timeout)
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
-    server.daemon_threads = True
-    return server
 
 
 def _interrupt(signum, frame):
@@ -233,10 +341,11 @@ def serve(paths: Sequence[str | os.PathLike], *, host: str = "127.0.0.1", port: 
         viewer.close()
 
 
-def serve_in_thread(viewer: Viewer, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, str]:
+def serve_in_thread(viewer: Viewer, host: str = "127.0.0.1", port: int = 0,
+                    **timeouts: float) -> tuple[ViewerServer, str]:
     """A server for `viewer` running in a daemon thread and its base URL (tests, benchmarks);
-    stop it with `server.shutdown(); server.server_close()`."""
-    server = make_server(viewer, host, port)
+    `timeouts` go to make_server. Stop it with `server.shutdown(); server.server_close()`."""
+    server = make_server(viewer, host, port, **timeouts)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="viewer-http",
                      daemon=True).start()
     return server, f"http://{host}:{server.server_address[1]}"
