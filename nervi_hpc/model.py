@@ -22,6 +22,7 @@ from .codec.quantize import channel_count
 from .config import build, check
 from .errors import ConfigError, ModelError
 
+MAX_KERNEL = 15         # largest convolution kernel of a bilinear block
 MAX_FACTOR = 5          # largest PixelShuffle factor of one upscale block
 MAX_STEM_CELLS = 256    # h0·w0 at most: rb2's last layer has (c1·h0·w0)² weights
 MAX_GRID_NODES = 64     # finest feature-grid nodes along one parameter
@@ -111,8 +112,10 @@ class ModelConfig:
     composite: Literal["hard", "soft"] = "hard"
     stem_layer: Literal["residual", "single"] = "residual"
     block: Literal["pixelshuffle", "bilinear"] = "pixelshuffle"
-    kernel: int = field(default=3, metadata=check(lambda v: v >= 1 and v % 2 == 1, "an odd size ≥ 1"))
-    latent_features: int = field(default=0, metadata=check(lambda v: v >= 0, "0 (none) or more"))
+    kernel: int = field(default=3, metadata=check(lambda v: 1 <= v <= MAX_KERNEL and v % 2 == 1,
+                                                  f"an odd size in 1..{MAX_KERNEL}"))
+    latent_features: int = field(default=0, metadata=check(lambda v: 0 <= v <= MAX_GRID_FEATURES,
+                                                           f"0 (none) to {MAX_GRID_FEATURES}"))
     c1_share: float = field(default=0.25, metadata=check(lambda v: 0 < v <= 4, "a share in (0, 4]"))
 
     def __post_init__(self):

@@ -388,3 +388,9 @@ def test_latent_maps_give_each_view_its_own_start_grid():
         after = model(x)
     assert after.shape == (2, 4, 64, 64)
     assert not torch.allclose(before[0], after[0]) and torch.allclose(before[1], after[1])
+
+
+@pytest.mark.parametrize("field, value", [("kernel", 10**6), ("kernel", 4), ("latent_features", 10**6)])
+def test_the_bilinear_and_latent_fields_are_bounded(field, value):
+    with pytest.raises(ModelError, match=f"model.{field}: bad value"):
+        ModelConfig(**{field: value})
