@@ -49,7 +49,8 @@ def cmd_ingest(args) -> None:
     source = _source_from_arg(args.source, args.pattern, args.mode)
     result = ingest(source, args.output, shard_size=args.shard_size, workers=args.workers,
                     progress=not args.quiet, contact_sheet=args.contact_sheet)
-    print(result.summary())
+    if result.rank == 0:  # under mpiexec every rank returns the same result
+        print(result.summary())
 
 
 def cmd_train(args) -> None:
@@ -151,6 +152,7 @@ def cmd_submit(args) -> None:
         print(scheduler.dry_run(args.spec, cluster, args.profile), end="")
         return
     submission = scheduler.submit(args.spec, cluster, args.profile, new=args.new)
+    print(f"checked {submission.checked}")
     print(submission.summary())
     if args.wait:
         try:

@@ -67,6 +67,7 @@ class IngestResult:
     seconds: float
     raw_bytes: int
     stored_bytes: int
+    rank: int = 0  # this process's MPI rank: only rank 0 reports
 
     def summary(self) -> str:
         stored = (f"{_human(self.stored_bytes)} stored, "
@@ -321,7 +322,8 @@ def ingest(source: Source, store_path: str | os.PathLike, *, shard_size: int | N
     height, width = source.size
     return IngestResult(path=store_path, count=count, shards=-(-count // shard_size), written=written,
                         skipped=skipped, seconds=time.perf_counter() - started,
-                        raw_bytes=count * height * width * 3, stored_bytes=_disk_usage(store_path))
+                        raw_bytes=count * height * width * 3, stored_bytes=_disk_usage(store_path),
+                        rank=0 if comm is None else comm.Get_rank())
 
 
 def _write_unfinished(plan: _Plan, done: set[int], comm, workers: int | None, progress: bool,

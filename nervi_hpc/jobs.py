@@ -71,7 +71,8 @@ class IngestJob(StageJob):
         spec = load_dataset(paths.spec)
         result = ingest(open_source(spec.source), paths.store, shard_size=spec.ingest.shard_size,
                         workers=spec.ingest.workers or self.cpus, progress=False)
-        _say(result.summary())
+        if result.rank == 0:
+            _say(result.summary())
         return {"images": result.count, "shards": result.shards, "raw_bytes": result.raw_bytes,
                 "stored_bytes": result.stored_bytes, "seconds": result.seconds}
 

@@ -1,0 +1,109 @@
+"""The user's path through the CLI, run as a user runs it (a subprocess per command): checks at
+submit, honest endings, the run record through manual stages, progress, the recipient's side."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = {"kind": "synthetic", "scene": "blobs", "mode": "ir", "size": 16, "t": 0,
+          "theta": [30, 60, 90], "phi": [0, 90, 180, 270], "volume": 16}
+
+
+def cli(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """`nervi-hpc ARGS` in a fresh interpreter, one torch thread."""
+    return subprocess.run([sys.executable, "-m", "nervi_hpc.cli", *map(str, args)], cwd=cwd or REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def local_cluster(folder: Path) -> dict:
+    """Environment for the CLI: a cluster.yaml in `folder` with a one-CPU local profile."""
+    path = folder / "cluster.yaml"
+    path.write_text(yaml.safe_dump({"storage_root": str(folder / "storage"), "profiles": {
+        "local": {"executor": "local", "cpus_per_task": 1, "gpus_per_node": 0, "time_min": 10}}}))
+    return {"NERVI_CLUSTER": str(path)}
+
+
+def write_spec(folder: Path, name="tiny", source=None, model=None, **train) -> Path:
+    spec = {"name": name, "source": source or SOURCE, "ingest": {"shard_size": 4, "workers": 1},
+            "model": model or {"c1": 8, "c2": 16, "min_channels": 4},
+            "train": {"epochs": 3, "batch_size": 4, "loader_workers": 0, **train}}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def one_error_line(ran: subprocess.CompletedProcess) -> str:
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    lines = ran.stderr.strip().splitlines()
+    assert len(lines) == 1, ran.stderr
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Checked at submit
+
+
+def test_a_misspelt_source_path_fails_at_submit_and_dry_run_with_the_path(tmp_path):
+    env = local_cluster(tmp_path)
+    spec = write_spec(tmp_path, source={"kind": "cinema", "path": "renders.cbd"})
+    for extra in ([], ["--dry-run"]):
+        line = one_error_line(cli("submit", spec, *extra, env=env))
+        assert f"{tmp_path / 'renders.cbd'}: no such folder" in line and str(spec) in line
+    assert not (tmp_path / "storage" / "runs").exists()
+
+
+def test_a_target_cr_no_model_fits_fails_at_submit_naming_one_that_does(tmp_path):
+    env = local_cluster(tmp_path)
+    source = {**SOURCE, "size": 64}
+    line = one_error_line(cli("submit", write_spec(tmp_path, source=source, model={"target_cr": 300}), env=env))
+    assert "model.target_cr: 300 is out of reach for 12 images of 64×64" in line
+    fits = float(line.rsplit("target_cr ", 1)[1].split()[0])
+    assert not (tmp_path / "storage" / "runs").exists()
+    ran = cli("submit", write_spec(tmp_path, "fits", source=source, model={"target_cr": fits}), "--dry-run", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert "checked" in ran.stdout and "12 images of 64×64" in ran.stdout and " parameters" in ran.stdout
+    slightly_more = cli("submit", write_spec(tmp_path, "more", source=source, model={"target_cr": fits * 1.2}),
+                        "--dry-run", env=env)
+    assert "is out of reach" in one_error_line(slightly_more)
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. The example Slurm profile schedules as written
+
+
+def test_the_example_slurm_profile_keeps_gpu_constraint_and_setup_off_the_cpu_ingest_job(tmp_path):
+    ran = cli("submit", "jobs/examples/demo.yaml", "--profile", "slurm", "--dry-run",
+              env={"NERVI_CLUSTER": str(REPO / "cluster.yaml")})
+    assert ran.returncode == 0, ran.stderr
+    ingest, train, compress = (ran.stdout.split(f"# ---- {s}:")[1].split("# ---- ")[0]
+                               for s in ("ingest", "train", "compress"))
+    assert "#SBATCH --partition=cpu" in ingest and "--constraint" not in ingest
+    assert "module load cuda" not in ingest and "source $HOME/nervi-hpc/.venv/bin/activate" in ingest
+    for gpu_job in (train, compress):
+        assert "#SBATCH --constraint=a100" in gpu_job and "module load cuda/12.4" in gpu_job
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. MPI ingest reports once
+
+
+@pytest.mark.mpi
+def test_mpi_ingest_prints_its_summary_once(tmp_path):
+    launcher = Path(sys.executable).parent / "mpiexec"
+    if not launcher.exists():
+        pytest.skip("no mpiexec in the venv (pip install mpich)")
+    ran = cli("render", write_spec(tmp_path), tmp_path / "r.cdb", "-q")
+    assert ran.returncode == 0, ran.stderr
+    ran = subprocess.run([str(launcher), "-n", "2", sys.executable, "-m", "nervi_hpc.cli", "ingest",
+                          tmp_path / "r.cdb", "-o", tmp_path / "r.zarr", "-q", "--shard-size", "4"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.count("12 images in 3 shards") == 1, ran.stdout
