@@ -199,6 +199,8 @@ def _wait(paths) -> None:
           f"(foreground {f['foreground_psnr']:.2f} dB); report: {paths.eval_dir / 'summary.md'}")
     print(f"  decode: nervi-hpc decode {archive} --all -o decoded/   (one view: --param NAME=VALUE … -o view.png)")
     print(f"  view:   nervi-hpc view {archive}")
+    for warning in view.warnings:
+        print(f"warning: {warning}")
 
 
 def cmd_list(args) -> None:
@@ -208,10 +210,23 @@ def cmd_list(args) -> None:
 
     _, storage = _storage()
     views = snapshot(all_runs(storage))
+    if args.json:
+        _print_json([view.to_json() for view in views])
+        return
     if not views:
         print(f"no runs in {storage.runs}")
         return
-    Console().print(runs_table(views, title=str(storage.runs)))
+    console = Console()
+    console.print(runs_table(views, title=str(storage.runs)))
+    for view in views:
+        for warning in view.warnings:
+            console.print(f"⚠ {view.run_id}: {warning}", style="yellow", soft_wrap=True)
+
+
+def _print_json(data) -> None:
+    import json
+
+    print(json.dumps(data, indent=2))
 
 
 def cmd_status(args) -> None:
@@ -222,8 +237,11 @@ def cmd_status(args) -> None:
     if args.run_id is None:
         cmd_list(args)
         return
-    paths = _run(args.run_id)
-    Console().print(snapshot([paths])[0])
+    view = snapshot([_run(args.run_id)])[0]
+    if args.json:
+        _print_json(view.to_json())
+        return
+    Console().print(view)
 
 
 def cmd_watch(args) -> None:
@@ -355,10 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_submit)
 
     p = verbs.add_parser("list", help="all runs: state, stage, training progress, archive")
+    p.add_argument("--json", action="store_true", help="print the runs as JSON (manifest, progress, warnings)")
     p.set_defaults(run=cmd_list)
 
     p = verbs.add_parser("status", help="a run's stages: jobs, states, epoch, loss, PSNR, ETA, archive, CR")
     p.add_argument("run_id", metavar="RUN", nargs="?", help="run id or unique prefix (default: all runs)")
+    p.add_argument("--json", action="store_true", help="print the run as JSON (manifest, progress, warnings)")
     p.set_defaults(run=cmd_status)
 
     p = verbs.add_parser("watch", help="live dashboard of all runs with the active job's log")

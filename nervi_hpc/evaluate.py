@@ -34,6 +34,7 @@ from .decode import Decoder, progress_bar
 from .errors import StoreError
 from .imaging import write_png
 from .loss import psnr as psnr_db
+from .manifest import ending_warnings
 from .paths import RunPaths
 from .store import RenderStore
 
@@ -353,6 +354,9 @@ def evaluate(archive: str | os.PathLike, store: str | os.PathLike, out_dir: str 
                  "bits_per_parameter": decoder.info.bits_per_parameter},
         timing={"encode_seconds": finite_or_none(meta.training.get("seconds")), "decode_seconds": decode_seconds,
                 "device": str(decoder.device), "precision": decoder.precision, "batch_size": decoder.batch_size})
+    trained = meta.training
+    figures["warnings"] = ending_warnings(trained.get("epochs"), trained.get("epochs_planned"),
+                                          trained.get("stopped_early"), figures["psnr_db"]["mean"])
     title = (f"{archive.name}: {count} images {meta.width}x{meta.height}, {meta.bits}-bit, "
              f"CR {figures['compression_ratio']:.1f}, "
              f"mean PSNR {_show(figures['psnr_db']['mean'], '.2f')} dB")
@@ -555,6 +559,7 @@ def _markdown(f: dict[str, Any]) -> str:
         f"{f['store']['images']} images of {f['store']['width']}×{f['store']['height']} from "
         f"`{f['store']['path']}`, decoded on {timing['device']} ({timing['precision']}).",
         "",
+        *(f"**Warning:** {warning}.\n" for warning in f.get("warnings", [])),
         "| metric | mean | median | min | max | notes |",
         "|---|---|---|---|---|---|",
         row("PSNR (dB, RGB 8-bit)", f["psnr_db"], ".2f"),

@@ -87,9 +87,11 @@ class TrainJob(StageJob):
 
         distributed = submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=False, overwrite=True)  # train picks the GPU by local rank
-        result = train(paths.root, load_dataset(paths.spec), progress=False)
+        spec = load_dataset(paths.spec)
+        result = train(paths.root, spec, progress=False)
         _say(result.summary())
-        return {"epochs": result.epochs, "steps": result.steps, "seconds": result.seconds,
+        return {"epochs": result.epochs, "epochs_planned": spec.train.epochs, "steps": result.steps,
+                "seconds": result.seconds,
                 "loss": result.loss, "psnr": result.psnr, "parameters": result.parameters,
                 "images_per_s": result.images_per_s, "stopped_early": result.stopped_early,
                 "world_size": distributed.world_size}

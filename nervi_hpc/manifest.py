@@ -180,6 +180,36 @@ class Manifest:
 
 
 # ----------------------------------------------------------------------------------------------
+# Judging a result
+
+LOW_PSNR_DB = 20.0  # below it the decoded images differ visibly from the renders
+SHORT_TRAINING = 0.5  # training stopped before this fraction of its epochs
+
+
+def ending_warnings(epochs: int | None, planned: int | None, stopped_early: bool | None,
+                    psnr: float | None) -> list[str]:
+    """What a finished run should not hide: training stopped far short of its epochs by the
+    time limit, or a low PSNR; each with its remedy."""
+    said = []
+    if stopped_early and epochs is not None and planned and epochs < SHORT_TRAINING * planned:
+        said.append(f"training stopped at the time limit after epoch {epochs} of {planned}: "
+                    f"raise train.max_minutes (or resume the run with more minutes)")
+    if psnr is not None and psnr < LOW_PSNR_DB:
+        said.append(f"PSNR {psnr:.1f} dB is low (under {LOW_PSNR_DB:g} dB the images differ visibly): "
+                    f"train longer (train.max_minutes, train.epochs) or lower model.target_cr")
+    return said
+
+
+def run_warnings(m: "Manifest") -> list[str]:
+    """`ending_warnings` of a done run, from its train and compress figures."""
+    if m.state != "done":
+        return []
+    train, compress = m.stages["train"].figures, m.stages["compress"].figures
+    return ending_warnings(train.get("epochs"), train.get("epochs_planned"), train.get("stopped_early"),
+                           compress.get("psnr"))
+
+
+# ----------------------------------------------------------------------------------------------
 # Files
 
 

@@ -8,6 +8,7 @@ table of its stages; `runs_table` renders many runs as one table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -159,11 +160,25 @@ class RunView:
                           self.details(stage))
         return table
 
+    @property
+    def warnings(self) -> list[str]:
+        return manifest.run_warnings(self.manifest)
+
     def __rich__(self):
         parts = [self.stage_table()]
         if self.manifest.reason:
             parts.append(Text(f"{self.manifest.state}: {self.manifest.reason}", style=STATE_STYLES[self.manifest.state]))
+        parts += [Text(f"warning: {warning}", style="yellow") for warning in self.warnings]
         return Group(*parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as `status --json` prints it: the manifest, training progress, warnings."""
+        t = self.training
+        return {"run": self.run_id, "path": str(self.paths.root), "state": self.manifest.state,
+                "stage": self.manifest.active_stage, "reason": self.manifest.reason, "warnings": self.warnings,
+                "training": None if t is None else {**dataclasses.asdict(t), "fraction": t.fraction},
+                "scheduler": {stage: self.scheduler_says(stage) for stage in STAGES if self.scheduler_says(stage)},
+                "manifest": self.manifest.to_json()}
 
 
 def snapshot(runs: list[RunPaths]) -> list[RunView]:
@@ -188,12 +203,15 @@ def runs_table(views: list[RunView], title: str | None = None) -> Table:
         archive = m.stages["compress"].figures
         psnr = archive.get("psnr") if archive else (t.psnr if t else None)
         training = ""
-        if t is not None:
-            training = f"{t.fraction:.0%}"
-            if m.stages["train"].state == "running" and t.eta_s is not None:
-                training += f" ETA {human_duration(t.eta_s)}"
+        if t is not None and m.stages["train"].state == "running":
+            training = f"{t.fraction:.0%}" + (f" ETA {human_duration(t.eta_s)}" if t.eta_s is not None else "")
+        elif t is not None:  # ended: the epochs it reached, not the time budget it used up
+            training = f"{t.epoch}/{t.epochs} ep"
         stage = m.active_stage or next((s for s in STAGES if m.stages[s].state == m.state != "done"), "")
-        table.add_row(view.run_id, styled_state(m.state), stage, training, _show(psnr, ".2f"),
+        state = styled_state(m.state)
+        if view.warnings:
+            state.append(" ⚠", style="yellow")
+        table.add_row(view.run_id, state, stage, training, _show(psnr, ".2f"),
                       human_bytes(archive["bytes"]) if archive else "",
                       f"{archive['compression_ratio']:.1f}" if archive else "", _when(m.created))
     return table

@@ -107,3 +107,33 @@ def test_mpi_ingest_prints_its_summary_once(tmp_path):
                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.count("12 images in 3 shards") == 1, ran.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Honest endings
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """`submit --wait` of a run whose time budget ends training far short of its 300 epochs:
+    (folder, cli environment, run id, submit's output)."""
+    folder = tmp_path_factory.mktemp("short")
+    env = local_cluster(folder)
+    ran = cli("submit", write_spec(folder, "short", epochs=300, max_minutes=0.05), "--wait", env=env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    run_id = json.loads(cli("list", "--json", env=env).stdout)[0]["run"]
+    return folder, env, run_id, ran.stdout
+
+
+def test_a_run_stopped_far_short_of_its_epochs_ends_with_a_warning_everywhere(short_run):
+    folder, env, run_id, waited = short_run
+    said = "training stopped at the time limit after epoch"
+    assert f"warning: {said}" in waited and "of 300: raise train.max_minutes" in waited
+    assert said in cli("status", run_id, env=env).stdout
+    listed = cli("list", env=env).stdout
+    assert "done ⚠" in listed and f"⚠ {run_id}: {said}" in listed
+    summary = (folder / "storage" / "runs" / run_id / "eval" / "summary.md").read_text()
+    assert f"**Warning:** {said}" in summary
+    status = json.loads(cli("status", run_id, "--json", env=env).stdout)
+    assert status["state"] == "done" and any(said in w for w in status["warnings"])
+    assert status["manifest"]["stages"]["train"]["figures"]["epochs_planned"] == 300
