@@ -55,12 +55,15 @@ def cmd_ingest(args) -> None:
 
 def cmd_train(args) -> None:
     import shutil
+    import time
 
     from .config import load_dataset
+    from .jobs import train_figures
     from .paths import RunPaths
     from .train import train
 
     paths = RunPaths(Path(args.run_dir))
+    _not_while_a_job_runs(paths, "train")
     if args.spec:
         load_dataset(args.spec)  # validate before copying
         paths.root.mkdir(parents=True, exist_ok=True)
@@ -68,9 +71,29 @@ def cmd_train(args) -> None:
 
         with atomic.atomic_path(paths.spec) as tmp:
             shutil.copyfile(args.spec, tmp)
-    result = train(paths.root, load_dataset(paths.spec), max_minutes=args.max_minutes,
-                   progress=not args.quiet)
+    spec, started = load_dataset(paths.spec), time.time()
+    result = train(paths.root, spec, max_minutes=args.max_minutes, progress=not args.quiet)
     print(result.summary())
+    _record_by_hand(paths, "train", started, train_figures(result, spec))
+
+
+def _not_while_a_job_runs(paths, stage: str) -> None:
+    """A stage run by hand on a managed run must not race that run's own job."""
+    from .manifest import RunError, read
+
+    if paths.manifest.is_file():
+        record = read(paths).stages[stage]
+        if record.state in ("queued", "running"):
+            raise RunError(f"{paths.root.name}: {stage} is {record.state} as job {record.job_id}; "
+                           f"wait for it or nervi-hpc cancel {paths.root.name} first")
+
+
+def _record_by_hand(paths, stage: str, started: float, figures: dict) -> None:
+    """Keep a managed run's record (manifest.json) in step with a stage run by hand."""
+    from . import manifest
+
+    if paths.manifest.is_file():
+        manifest.update(paths, lambda m: m.ran_by_hand(stage, started, figures))
 
 
 def cmd_decode(args) -> None:
@@ -104,13 +127,21 @@ def cmd_eval(args) -> None:
 
 
 def cmd_compress(args) -> None:
-    from .compress import compress
+    import time
 
+    from .compress import compress
+    from .jobs import compress_figures
+    from .paths import RunPaths
+
+    paths = RunPaths(Path(args.run_dir))
+    _not_while_a_job_runs(paths, "compress")
+    started = time.time()
     result = compress(args.run_dir, bits=args.bits, name=args.name, evaluate=not args.no_eval,
                       device=args.device, progress=not args.quiet)
     print(result.summary())
     if result.evaluation is not None:
         print(result.evaluation.summary())
+    _record_by_hand(paths, "compress", started, compress_figures(result, paths))
 
 
 def cmd_bench(args) -> None:
@@ -201,6 +232,18 @@ def _wait(paths) -> None:
     print(f"  view:   nervi-hpc view {archive}")
     for warning in view.warnings:
         print(f"warning: {warning}")
+
+
+def cmd_resume(args) -> None:
+    from . import scheduler
+
+    cluster, _ = _storage()
+    submission = scheduler.resume(_run(args.run_id), cluster, args.max_minutes)
+    print(submission.summary())
+    if args.wait:
+        _wait(submission.paths)
+    else:
+        print(f"follow it: nervi-hpc watch · nervi-hpc status {submission.paths.root.name}")
 
 
 def cmd_list(args) -> None:
@@ -314,8 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("train", help="train (or resume) NeRVI on RUN_DIR/renders.zarr, in this process")
     p.add_argument("run_dir", help="run folder holding dataset.yaml and renders.zarr")
     p.add_argument("--spec", help="copy this dataset.yaml into the run folder first")
-    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes; "
-                   "the lr schedule is fitted to the budget")
+    p.add_argument("--max-minutes", type=float, help="the run's total training minutes, earlier sessions "
+                   "included (default: train.max_minutes); it stops there with a checkpoint, and the lr "
+                   "schedule is fitted to that budget")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_train)
 
@@ -371,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="follow the run until it ends; print the result")
     p.add_argument("--new", action="store_true", help="start a new run even if this spec was submitted before")
     p.set_defaults(run=cmd_submit)
+
+    p = verbs.add_parser("resume", help="continue a run that failed, was cancelled or trains on with more minutes")
+    p.add_argument("run_id", metavar="RUN", help="run id or unique prefix")
+    p.add_argument("--max-minutes", type=float, help="the run's new total training minutes, earlier training "
+                   "included: train on from the newest checkpoint, then compress again")
+    p.add_argument("--wait", action="store_true", help="follow the run until it ends; print the result")
+    p.set_defaults(run=cmd_resume)
 
     p = verbs.add_parser("list", help="all runs: state, stage, training progress, archive")
     p.add_argument("--json", action="store_true", help="print the runs as JSON (manifest, progress, warnings)")

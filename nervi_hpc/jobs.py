@@ -88,13 +88,9 @@ class TrainJob(StageJob):
         distributed = submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=False, overwrite=True)  # train picks the GPU by local rank
         spec = load_dataset(paths.spec)
-        result = train(paths.root, spec, progress=False)
+        result = train(paths.root, spec, max_minutes=manifest.read(paths).train_minutes, progress=False)
         _say(result.summary())
-        return {"epochs": result.epochs, "epochs_planned": spec.train.epochs, "steps": result.steps,
-                "seconds": result.seconds,
-                "loss": result.loss, "psnr": result.psnr, "parameters": result.parameters,
-                "images_per_s": result.images_per_s, "stopped_early": result.stopped_early,
-                "world_size": distributed.world_size}
+        return train_figures(result, spec, distributed.world_size)
 
 
 class CompressJob(StageJob):
@@ -107,16 +103,28 @@ class CompressJob(StageJob):
 
         result = compress(paths.root, progress=False)
         _say(result.summary())
-        evaluation = result.evaluation.figures if result.evaluation else {}
-        return {"archive": str(result.archive.relative_to(paths.root)), "bytes": result.bytes,
-                "sha256": atomic.file_sha256(result.archive), "compression_ratio": result.compression_ratio,
-                "bits": result.bits, "parameters": result.parameters,
-                "psnr": evaluation.get("psnr_db", {}).get("mean"),
-                "foreground_psnr": evaluation.get("foreground_psnr_db", {}).get("mean"),
-                "ms_ssim": evaluation.get("ms_ssim", {}).get("mean")}
+        return compress_figures(result, paths)
 
 
 STAGE_JOBS: dict[str, type[StageJob]] = {job.stage: job for job in (IngestJob, TrainJob, CompressJob)}
+
+
+def train_figures(result, spec, world_size: int = 1) -> dict[str, Any]:
+    """What the run's record keeps of a training (a job's or a `nervi-hpc train` by hand)."""
+    return {"epochs": result.epochs, "epochs_planned": spec.train.epochs, "steps": result.steps,
+            "seconds": result.seconds, "loss": result.loss, "psnr": result.psnr, "parameters": result.parameters,
+            "images_per_s": result.images_per_s, "stopped_early": result.stopped_early, "world_size": world_size}
+
+
+def compress_figures(result, paths: RunPaths) -> dict[str, Any]:
+    """What the run's record keeps of an archive: where, size, checksum, CR and quality."""
+    evaluation = result.evaluation.figures if result.evaluation else {}
+    return {"archive": str(result.archive.relative_to(paths.root)), "bytes": result.bytes,
+            "sha256": atomic.file_sha256(result.archive), "compression_ratio": result.compression_ratio,
+            "bits": result.bits, "parameters": result.parameters,
+            "psnr": evaluation.get("psnr_db", {}).get("mean"),
+            "foreground_psnr": evaluation.get("foreground_psnr_db", {}).get("mean"),
+            "ms_ssim": evaluation.get("ms_ssim", {}).get("mean")}
 
 
 def one_line(error: BaseException, limit: int = 400) -> str:

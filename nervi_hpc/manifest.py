@@ -77,6 +77,7 @@ class Manifest:
     created: float
     stages: dict[str, StageState] = field(default_factory=lambda: {s: StageState() for s in STAGES})
     driver: dict[str, Any] | None = None  # local executor: {"pid", "host"} of the process chaining stages
+    train_minutes: float | None = None  # total training budget set by `resume --max-minutes` (else the spec's)
 
     # ---- derived state
     @property
@@ -145,6 +146,11 @@ class Manifest:
             return
         record.state, record.ended, record.reason = "failed", time.time(), reason
         self._never_start_after(stage, f"not started: {stage} failed")
+
+    def ran_by_hand(self, stage: str, started: float, figures: dict[str, Any]) -> None:
+        """The stage was run outside the job manager (`nervi-hpc train RUN`, `compress RUN`):
+        its figures are the run's now (no job of its own: job_id None)."""
+        self.stages[stage] = StageState(state="done", started=started, ended=time.time(), figures=figures)
 
     def cancelled(self, stage: str, reason: str) -> None:
         record = self.stages[stage]

@@ -307,12 +307,40 @@ def _create_run(storage: StoragePaths, key: str, spec, digest: str, profile_name
     return paths
 
 
-def _launch(paths: RunPaths, profile_name: str, profile: Profile, resources: dict[str, Resources]) -> list[str]:
-    """Queue every stage not done yet (Slurm: chained jobs; local: the driver). A refused
-    submission fails the run with sbatch's reason (so the same spec can be submitted again)."""
+def resume(paths: RunPaths, cluster: ClusterConfig, max_minutes: float | None = None) -> Submission:
+    """Continue a run that ended: queue its unfinished stages again (they resume from what is on
+    disk); with `max_minutes`, the run's new total training budget, train on and compress again."""
+    m = manifest.read(paths)
+    run = paths.root.name
+    if not m.terminal:
+        raise RunError(f"{run}: {m.state}; it is still going (nervi-hpc watch {run})")
+    train = m.stages["train"].figures
+    trained = (train.get("seconds") or 0.0) / 60
+    if max_minutes is None and m.state == "done":
+        raise RunError(f"{run}: done; to train on give --max-minutes M, the run's total training time "
+                       f"(it has trained {trained:.1f} min)")
+    if max_minutes is not None and max_minutes <= trained:
+        raise RunError(f"{run}: --max-minutes {max_minutes:g} is the run's total training time, and it has "
+                       f"trained {trained:.1f} min already; give more")
+    if max_minutes is not None and train and not train.get("stopped_early"):
+        raise RunError(f"{run}: training ran all its {train.get('epochs')} epochs; more minutes would not "
+                       f"change it (submit a spec with more train.epochs)")
+    profile = cluster.profile(m.profile)
+    redo = ("train", "compress") if max_minutes is not None else ()
+    launched = _launch(paths, m.profile, profile, plan(profile, m.profile), redo=redo, train_minutes=max_minutes)
+    return Submission(paths, manifest.read(paths), created=False, launched=launched)
+
+
+def _launch(paths: RunPaths, profile_name: str, profile: Profile, resources: dict[str, Resources], *,
+            redo: tuple[str, ...] = (), train_minutes: float | None = None) -> list[str]:
+    """Queue every stage not done yet, and those in `redo` (Slurm: chained jobs; local: the
+    driver). A refused submission fails the run with sbatch's reason (so the same spec can be
+    submitted again)."""
 
     def launch(m: Manifest) -> tuple[list[str], str | None]:
-        todo = [s for s in STAGES if m.stages[s].state != "done"]
+        todo = [s for s in STAGES if m.stages[s].state != "done" or s in redo]
+        if train_minutes is not None:
+            m.train_minutes = train_minutes
         m.profile, m.executor = profile_name, profile.executor
         for stage in todo:
             m.stages[stage] = manifest.StageState()

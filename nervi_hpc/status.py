@@ -55,9 +55,9 @@ class Training:
         return min(max(by_epochs, by_time), 1.0)
 
 
-def training_progress(paths: RunPaths) -> Training | None:
-    """The last epoch record of logs/metrics.jsonl, with the ETA capped by the spec's
-    max_minutes budget; None before the first epoch."""
+def training_progress(paths: RunPaths, budget_minutes: float | None = None) -> Training | None:
+    """The last epoch record of logs/metrics.jsonl, with the ETA capped by the time budget
+    (`budget_minutes`, else the spec's max_minutes); None before the first epoch."""
     try:
         with open(paths.metrics, "rb") as f:
             f.seek(0, 2)
@@ -76,7 +76,8 @@ def training_progress(paths: RunPaths) -> Training | None:
     if not records:
         return None
     last = records[-1]
-    eta, elapsed, budget = _finite(last.get("eta_s")), _finite(last.get("elapsed_s")), _budget_s(paths)
+    budget = 60 * budget_minutes if budget_minutes is not None else _budget_s(paths)
+    eta, elapsed = _finite(last.get("eta_s")), _finite(last.get("elapsed_s"))
     if budget is not None and elapsed is not None:
         left = max(budget - elapsed, 0.0)
         eta = left if eta is None else min(eta, left)
@@ -183,7 +184,7 @@ class RunView:
 
 def snapshot(runs: list[RunPaths]) -> list[RunView]:
     """Views of `runs`, refreshed against the scheduler."""
-    return [RunView(paths, m, verdicts, training_progress(paths))
+    return [RunView(paths, m, verdicts, training_progress(paths, m.train_minutes))
             for paths, (m, verdicts) in zip(runs, refresh(runs))]
 
 

@@ -1,6 +1,7 @@
 """The user's path through the CLI, run as a user runs it (a subprocess per command): checks at
 submit, honest endings, the run record through manual stages, progress, the recipient's side."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -137,3 +138,41 @@ def test_a_run_stopped_far_short_of_its_epochs_ends_with_a_warning_everywhere(sh
     status = json.loads(cli("status", run_id, "--json", env=env).stdout)
     assert status["state"] == "done" and any(said in w for w in status["warnings"])
     assert status["manifest"]["stages"]["train"]["figures"]["epochs_planned"] == 300
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. The run record follows every stage
+
+
+def test_train_and_compress_by_hand_update_the_record_and_resume_trains_on(tmp_path):
+    env = local_cluster(tmp_path)
+    assert cli("submit", write_spec(tmp_path, "more", epochs=300, max_minutes=0.05), "--wait", env=env).returncode == 0
+    run_id = json.loads(cli("list", "--json", env=env).stdout)[0]["run"]
+    run_dir = tmp_path / "storage" / "runs" / run_id
+
+    def record():
+        return json.loads(cli("status", run_id, "--json", env=env).stdout)["manifest"]["stages"]
+
+    first = record()["train"]["figures"]["epochs"]
+    assert cli("fetch", run_id, tmp_path / "shared", env=env).returncode == 0
+    for verb, *extra in (("train", "--max-minutes", "0.1", "-q"), ("compress", "-q")):
+        ran = cli(verb, run_dir, *extra, env=env)
+        assert ran.returncode == 0, ran.stderr
+    stages = record()
+    assert stages["train"]["figures"]["epochs"] > first and stages["train"]["job_id"] is None
+    archive = run_dir / stages["compress"]["figures"]["archive"]
+    assert stages["compress"]["figures"]["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    fetched = cli("fetch", run_id, tmp_path / "shared", "--force", env=env)
+    assert fetched.returncode == 0, fetched.stderr  # the fresh archive is not "damaged"
+
+    assert "give --max-minutes M, the run's total training time" in one_error_line(cli("resume", run_id, env=env))
+    assert "is the run's total training time" in one_error_line(cli("resume", run_id, "--max-minutes", "0.05",
+                                                                    env=env))
+    before = record()["train"]["figures"]["epochs"]
+    resumed = cli("resume", run_id[:8], "--max-minutes", "0.2", "--wait", env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resubmitted train, compress" in resumed.stdout and "done in" in resumed.stdout
+    after = json.loads(cli("status", run_id, "--json", env=env).stdout)
+    assert after["state"] == "done" and after["manifest"]["train_minutes"] == 0.2
+    assert after["manifest"]["stages"]["train"]["figures"]["epochs"] > before
+    assert after["training"]["budget_s"] == 12.0
