@@ -234,6 +234,19 @@ def _wait(paths) -> None:
         print(f"warning: {warning}")
 
 
+def _print_from(path, offset: int) -> int:
+    """Print `path` from byte `offset` on; return the offset reached."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+    except FileNotFoundError:
+        return offset
+    sys.stdout.write(chunk.decode(errors="replace"))
+    sys.stdout.flush()
+    return offset + len(chunk)
+
+
 def cmd_resume(args) -> None:
     from . import scheduler
 
@@ -318,11 +331,43 @@ def cmd_logs(args) -> None:
     from .status import log_path
 
     paths = _run(args.run_id)
+    if args.follow:
+        _follow(paths, args.stage, args.task)
+        return
     path = log_path(paths, manifest.read(paths), args.stage, args.task)
     try:
         sys.stdout.write(path.read_text(errors="replace"))
     except FileNotFoundError:
         print(f"{path}: no output yet", file=sys.stderr)
+
+
+def _follow(paths, stage: str | None, task: int, poll_s: float = 1.0) -> None:
+    """Print a job log as it grows, moving on to each next stage's log (unless `stage` is
+    given), until the run (or that stage) ends."""
+    import time
+
+    from .manifest import RunError
+    from .status import log_path, snapshot
+
+    shown, offset, last_round = None, 0, False
+    while True:
+        m = snapshot([paths])[0].manifest  # refreshed: a job that died ends the follow too
+        ended = m.terminal if stage is None else m.stages[stage].terminal
+        try:
+            path = log_path(paths, m, stage, task)
+        except RunError:  # no job yet: wait for the first
+            path = None
+        if path is not None and path != shown:
+            if shown is not None:
+                _print_from(shown, offset)  # the last lines of the job before
+                print(f"==> {path} <==", flush=True)
+            shown, offset = path, 0
+        if path is not None:
+            offset = _print_from(path, offset)
+        if last_round:
+            return
+        last_round = ended  # one more read after a pause: a job writes its last lines after its record
+        time.sleep(poll_s)
 
 
 def _decoding_options(p: argparse.ArgumentParser) -> None:
@@ -453,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage", nargs="?", choices=("ingest", "train", "compress"),
                    help="default: the active stage, else the last one that ran")
     p.add_argument("--task", type=int, default=0, help="task of a multi-task job (default 0)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="print the log as it grows, then each next stage's, until the run ends")
     p.set_defaults(run=cmd_logs)
     return parser
 

@@ -20,6 +20,7 @@ import submitit
 from . import atomic, manifest
 from .config import load_dataset
 from .paths import RunPaths
+from .progress import ProgressLog
 
 
 class StageJob(submitit.helpers.Checkpointable):
@@ -70,7 +71,8 @@ class IngestJob(StageJob):
 
         spec = load_dataset(paths.spec)
         result = ingest(open_source(spec.source), paths.store, shard_size=spec.ingest.shard_size,
-                        workers=spec.ingest.workers or self.cpus, progress=False)
+                        workers=spec.ingest.workers or self.cpus, progress=False,
+                        lines=ProgressLog("ingest", paths.progress("ingest")))
         if result.rank == 0:
             _say(result.summary())
         return {"images": result.count, "shards": result.shards, "raw_bytes": result.raw_bytes,

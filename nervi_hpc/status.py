@@ -19,10 +19,11 @@ from typing import Any
 
 from rich import box
 from rich.console import Group
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from . import atomic, manifest
+from . import atomic, manifest, progress
 from .config import STAGES, load_dataset
 from .errors import ArchiveError, ConfigError
 from .manifest import Manifest, RunError
@@ -124,12 +125,22 @@ class RunView:
         verdict = self.verdicts.get(record.job_id or "")
         return verdict.detail if verdict is not None and not record.terminal else ""
 
+    def progress(self, stage: str) -> dict | None:
+        """The running stage's newest progress record from this run of it (none older)."""
+        record = self.manifest.stages[stage]
+        if record.state != "running":
+            return None
+        return progress.read(self.paths.progress(stage), since=record.started)
+
     def details(self, stage: str) -> str:
         """A stage's key figures: images and shards; epoch, loss, PSNR, ETA; archive size, CR, PSNR."""
         record = self.manifest.stages[stage]
         f = record.figures
         if record.state == "failed" or record.state == "cancelled":
             return record.reason or ""
+        now = self.progress(stage)
+        if stage == "ingest" and now and "images" in now:
+            return f"{now['images']}/{now['total']} images written"
         if stage == "ingest" and f:
             return f"{f['images']} images, {_count(f['shards'], 'shard')}, {human_bytes(f['stored_bytes'])}"
         if stage == "train" and (record.state == "running" or f):
@@ -192,30 +203,73 @@ def all_runs(storage: StoragePaths) -> list[RunPaths]:
     return [storage.run(run_id) for run_id in manifest.run_ids(storage)]
 
 
-def runs_table(views: list[RunView], title: str | None = None) -> Table:
+def runs_table(views: list[RunView], title: str | None = None) -> "RunsTable":
     """One row per run, newest first: state, active stage, training progress, archive figures."""
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    widest = max((len(v.run_id) for v in views), default=3)
-    for column in ("run", "state", "stage", "training", "PSNR", "archive", "CR", "created"):
-        table.add_column(column, justify="right" if column in ("PSNR", "CR") else "left", no_wrap=True,
-                         min_width=widest if column == "run" else None)
-    for view in reversed(views):
-        m, t = view.manifest, view.training
-        archive = m.stages["compress"].figures
-        psnr = archive.get("psnr") if archive else (t.psnr if t else None)
-        training = ""
-        if t is not None and m.stages["train"].state == "running":
-            training = f"{t.fraction:.0%}" + (f" ETA {human_duration(t.eta_s)}" if t.eta_s is not None else "")
-        elif t is not None:  # ended: the epochs it reached, not the time budget it used up
-            training = f"{t.epoch}/{t.epochs} ep"
-        stage = m.active_stage or next((s for s in STAGES if m.stages[s].state == m.state != "done"), "")
-        state = styled_state(m.state)
-        if view.warnings:
-            state.append(" ⚠", style="yellow")
-        table.add_row(view.run_id, state, stage, training, _show(psnr, ".2f"),
-                      human_bytes(archive["bytes"]) if archive else "",
-                      f"{archive['compression_ratio']:.1f}" if archive else "", _when(m.created))
-    return table
+    return RunsTable(views, title)
+
+
+@dataclass
+class RunsTable:
+    """The runs table, laid out for the width it is drawn at: every figure is shown whole, and
+    run ids that do not fit are cut to a unique prefix (what `status PREFIX` accepts) + "…"."""
+
+    views: list[RunView]
+    title: str | None = None
+
+    COLUMNS = ("run", "state", "stage", "training", "PSNR", "archive", "CR", "created")
+
+    def rows(self) -> list[list[Text]]:
+        rows = []
+        for view in reversed(self.views):
+            m, t = view.manifest, view.training
+            archive = m.stages["compress"].figures
+            psnr = archive.get("psnr") if archive else (t.psnr if t else None)
+            training = ""
+            if t is not None and m.stages["train"].state == "running":
+                training = f"{t.fraction:.0%}" + (f" ETA {human_duration(t.eta_s)}" if t.eta_s is not None else "")
+            elif t is not None:  # ended: the epochs it reached, not the time budget it used up
+                training = f"{t.epoch}/{t.epochs} ep"
+            stage = m.active_stage or next((s for s in STAGES if m.stages[s].state == m.state != "done"), "")
+            state = styled_state(m.state)
+            if view.warnings:
+                state.append(" ⚠", style="yellow")
+            rows.append([Text(view.run_id), state, Text(stage), Text(training), Text(_show(psnr, ".2f")),
+                         Text(human_bytes(archive["bytes"]) if archive else ""),
+                         Text(f"{archive['compression_ratio']:.1f}" if archive else ""), Text(_when(m.created))])
+        return rows
+
+    def table(self, ids: list[str], rows: list[list[Text]]) -> Table:
+        table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD)
+        for name in self.COLUMNS:
+            table.add_column(name, justify="right" if name in ("PSNR", "CR") else "left", no_wrap=True)
+        for row, run_id in zip(rows, ids):
+            table.add_row(Text(run_id), *row[1:])
+        return table
+
+    def __rich_console__(self, console, options):
+        rows = self.rows()
+        ids = [row[0].plain for row in rows]
+        natural = Measurement.get(console, options.update(max_width=10**4), self.table(ids, rows)).maximum
+        too_wide = natural - options.max_width
+        if too_wide > 0:
+            widest = max(len(run_id) for run_id in ids)
+            ids = short_ids(ids, max(widest - too_wide, max(len("run"), 8)))
+        yield self.table(ids, rows)
+
+
+def short_ids(ids: list[str], width: int) -> list[str]:
+    """Each id, or when longer than `width` its shortest unique prefix of at least width - 1
+    characters followed by "…"."""
+    shortened = []
+    for run_id in ids:
+        if len(run_id) <= width:
+            shortened.append(run_id)
+            continue
+        length = width - 1
+        while length < len(run_id) and sum(other.startswith(run_id[:length]) for other in ids) > 1:
+            length += 1
+        shortened.append(run_id if length >= len(run_id) else run_id[:length] + "…")
+    return shortened
 
 
 def _when(stamp: float) -> str:

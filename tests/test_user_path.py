@@ -176,3 +176,28 @@ def test_train_and_compress_by_hand_update_the_record_and_resume_trains_on(tmp_p
     assert after["state"] == "done" and after["manifest"]["train_minutes"] == 0.2
     assert after["manifest"]["stages"]["train"]["figures"]["epochs"] > before
     assert after["training"]["budget_s"] == 12.0
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Progress wherever people look
+
+
+def test_jobs_log_progress_lines_that_logs_follow_shows_across_stages(tmp_path):
+    env = {**local_cluster(tmp_path), "NERVI_PROGRESS_S": "0"}
+    name = "a-rather-long-dataset-name-for-eighty-columns"
+    ran = cli("submit", write_spec(tmp_path, name, epochs=300, max_minutes=0.05), env=env)
+    assert ran.returncode == 0, ran.stderr
+    run_id = json.loads(cli("list", "--json", env=env).stdout)[0]["run"]
+    followed = cli("logs", run_id, "-f", env=env, timeout=240)
+    assert followed.returncode == 0, followed.stderr
+    out = followed.stdout
+    assert "[nervi-hpc] ingest: 4/12 images" in out and "[nervi-hpc] ingest: 12/12 images" in out
+    assert "[nervi-hpc] train: epoch 1/300 · loss " in out and " of 3s · ETA " in out and "(RSS " in out
+    assert out.count("==> ") == 2 and out.rstrip().endswith("Exiting after successful completion")
+    assert out.index("ingest: done") < out.index("train: done") < out.index("compress: done")
+
+    listed = cli("list", env={**env, "COLUMNS": "80"}).stdout  # a pipe, 80 columns
+    row = next(line for line in listed.splitlines() if "done" in line)
+    assert len(row.rstrip()) <= 80 and "…" in row and "ep" in row and ":" in row.split()[-1]
+    shown = row.split()[0].rstrip("…")
+    assert run_id.startswith(shown) and cli("status", shown, env=env).returncode == 0
