@@ -114,7 +114,44 @@ def cmd_decode(args) -> None:
         params = parse_assignments(decoder.names, args.param)
     for note in unseen_notes(decoder, params):
         print(f"note: {note}", file=sys.stderr)
-    print(write_outputs(decoder, params, args.output, archive=args.archive, progress=not args.quiet))
+    print(write_outputs(decoder, params, args.output, archive=args.archive, progress=not args.quiet,
+                        rgba=args.rgba))
+
+
+def cmd_info(args) -> None:
+    from .decode import Decoder
+    from .status import human_bytes, human_duration
+    from .viewer.archives import archive_facts
+
+    facts = archive_facts(Path(args.archive), Decoder.open(args.archive, device="cpu"))
+    if args.json:
+        _print_json(facts)
+        return
+    f, t = facts, facts["training"]
+    print(f"{args.archive}: {f['bytes']:,} bytes ({human_bytes(f['bytes'])}), CR {f['compression_ratio']:.1f}: "
+          f"{f['count']} images of {f['width']}×{f['height']} ({f['mode']}) on background "
+          f"{tuple(f['background'])}")
+    if f["source"]:
+        print(f"  source: {f['source']}")
+    width = max(len(p["name"]) for p in f["parameters"])
+    for p in f["parameters"]:
+        grid = [format(v, "g") for v in p["grid"]]
+        shown = " ".join(grid if len(grid) <= 12 else grid[:6] + ["…"] + grid[-2:])
+        period = f"; periodic (period {p['period']:g}: any value decodes)" if p["period"] else ""
+        span = f"{p['low']:g} … {p['high']:g}" if p["high"] > p["low"] else f"{p['low']:g} only"
+        print(f"  {p['name']:<{width}}  {span}, "
+              f"{len(grid)} values: {shown}{period}")
+    m = f["model"]
+    print(f"  model: {m['arch']} c1={m['c1']} c2={m['c2']}"
+          + (f", feature grids ({m['grid_features']} features)" if m["grid_features"] else "")
+          + f", {m['composite']} compositing; {f['weights']:,} weights at {f['bits']} bits "
+          f"({f['bits_per_weight']:.2f} bits/weight with the header)")
+    planned = f" of {t['epochs_planned']}" if t.get("epochs_planned") else ""
+    how = ", stopped at the time limit" if t.get("stopped_early") else ""
+    print(f"  trained: {t.get('epochs')} epochs{planned}{how}, {t.get('steps')} steps in "
+          f"{human_duration(t.get('seconds'))}; training PSNR "
+          + (f"{t['psnr']:.2f} dB" if t.get("psnr") is not None else "n/a")
+          + (f"; evaluated PSNR {f['psnr_db']:.2f} dB" if f["psnr_from"] == "evaluation" else ""))
 
 
 def cmd_eval(args) -> None:
@@ -415,13 +452,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params-file", help="CSV whose header names the parameters, one image per row")
     p.add_argument("--all", action="store_true", help="every image of the training grid")
     p.add_argument("-o", "--output", required=True,
-                   help="IMG.png (one image), OUT.zarr (a renders store) or a folder (PNGs named by parameters)")
+                   help="IMG.png or IMG.jpg (one image), OUT.cdb (a Cinema database: data.csv + PNGs), "
+                        "OUT.zarr (a renders store) or a folder (PNGs named by parameters)")
+    p.add_argument("--rgba", action="store_true", help="PNGs with the decoded foreground mask as alpha")
     _decoding_options(p)
     p.set_defaults(run=cmd_decode)
 
+    p = verbs.add_parser("info", help="what an archive holds: parameters, ranges, grid, size, CR, model, training")
+    p.add_argument("archive", help="the .nervi archive")
+    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p.set_defaults(run=cmd_info)
+
     p = verbs.add_parser("eval", help="decode every image of a store from an archive; report quality, size, speed")
     p.add_argument("archive", help="the .nervi archive")
-    p.add_argument("--store", required=True, help="the renders.zarr the archive was trained on")
+    p.add_argument("--store", required=True, help="the ground truth: the renders.zarr the archive was trained "
+                   "on, a Cinema database, or a folder of PNGs named as decode names them")
     p.add_argument("-o", "--output",
                    help="report folder (default: RUN/eval/ for RUN/archive/X.nervi, else X-eval/ beside X)")
     _decoding_options(p)

@@ -355,9 +355,10 @@ def tail(path: Path, lines: int) -> list[str]:
 
 
 def fetch(paths: RunPaths, dest: str | Path, *, force: bool = False) -> list[Path]:
-    """Copy a finished run's archive (checked against the sha256 recorded when it was written),
-    summary.json, summary.md and contact sheet into the folder `dest`. Refuses to overwrite an
-    existing file unless `force`."""
+    """Copy a finished run's archive X.nervi (checked against the sha256 recorded when it was
+    written) and its report as X.summary.json, X.summary.md and X.contact.png into the folder
+    `dest` (named after the archive, so several runs can share one folder). Refuses to overwrite
+    an existing file unless `force`."""
     m = manifest.read(paths)
     figures = m.stages["compress"].figures
     if m.stages["compress"].state != "done" or not figures:
@@ -367,7 +368,7 @@ def fetch(paths: RunPaths, dest: str | Path, *, force: bool = False) -> list[Pat
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise RunError(f"{dest}: not a folder; fetch writes the archive and its report into a folder")
-    targets = [dest / source.name for source in sources]
+    targets = [dest / archive.name] + [dest / f"{archive.stem}.{source.name}" for source in sources[1:]]
     missing = [str(s) for s in sources if not s.is_file()]
     if missing:
         raise RunError(f"{missing[0]}: missing from the finished run")

@@ -201,3 +201,69 @@ def test_jobs_log_progress_lines_that_logs_follow_shows_across_stages(tmp_path):
     assert len(row.rstrip()) <= 80 and "…" in row and "ep" in row and ":" in row.split()[-1]
     shown = row.split()[0].rstrip("…")
     assert run_id.startswith(shown) and cli("status", shown, env=env).returncode == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. The recipient's side
+
+
+def archive_of(short_run) -> Path:
+    folder, _, run_id, _ = short_run
+    return folder / "storage" / "runs" / run_id / "archive" / "short.nervi"
+
+
+def test_info_tells_the_recipient_what_the_archive_holds(short_run):
+    archive = archive_of(short_run)
+    ran = cli("info", archive)
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert f"{archive}: {archive.stat().st_size:,} bytes" in lines[0] and "CR " in lines[0]
+    assert "12 images of 16×16 (ir)" in lines[0]
+    assert any(line.split() == ["theta", "30", "…", "90,", "3", "values:", "30", "60", "90"] for line in lines)
+    assert any("phi" in line and "0 90 180 270; periodic (period 360" in line for line in lines)
+    assert any(line.strip().startswith("model: nervi c1=8 c2=16") for line in lines)
+    assert any("epochs of 300, stopped at the time limit" in line for line in lines)
+    facts = json.loads(cli("info", archive, "--json").stdout)
+    assert facts["count"] == 12 and [p["period"] for p in facts["parameters"]] == [None, None, 360.0]
+
+
+def test_phi_wraps_around_at_decode(short_run, tmp_path):
+    archive = archive_of(short_run)
+
+    def view(phi):
+        out = tmp_path / f"phi{phi}.png"
+        ran = cli("decode", archive, "--param", "t=0", "--param", "theta=60", "--param", f"phi={phi}", "-o", out, "-q")
+        assert ran.returncode == 0, ran.stderr
+        return out.read_bytes()
+
+    assert view(360) == view(0) and view(-10) == view(350) and view(720 + 90) == view(90)
+    assert view(345) != view(0)
+
+
+def test_decode_writes_a_cinema_database_and_jpegs_and_eval_reads_them_back(short_run, tmp_path):
+    from PIL import Image
+
+    archive = archive_of(short_run)
+    ran = cli("decode", archive, "--all", "-o", tmp_path / "out.cdb", "-q")
+    assert ran.returncode == 0, ran.stderr
+    rows = (tmp_path / "out.cdb" / "data.csv").read_text().splitlines()
+    assert rows[0] == "t,theta,phi,FILE" and len(rows) == 13
+    first = tmp_path / "out.cdb" / rows[1].rsplit(",", 1)[1]
+    assert Image.open(first).mode == "RGB"
+    assert cli("decode", archive, "--all", "-o", tmp_path / "rgba.cdb", "--rgba", "-q").returncode == 0
+    assert Image.open(tmp_path / "rgba.cdb" / first.name).mode == "RGBA"
+
+    for truth in (tmp_path / "out.cdb", tmp_path / "decoded"):
+        if truth.name == "decoded":
+            assert cli("decode", archive, "--all", "-o", truth, "-q").returncode == 0
+        ran = cli("eval", archive, "--store", truth, "-o", tmp_path / f"eval-{truth.name}", "-q")
+        assert ran.returncode == 0, ran.stderr
+        summary = json.loads((tmp_path / f"eval-{truth.name}" / "summary.json").read_text())
+        assert summary["psnr_db"]["infinite"] == 12 and summary["store"]["path"] == str(truth)
+
+    one = ["--param", "t=0", "--param", "theta=60", "--param", "phi=90"]
+    assert cli("decode", archive, *one, "-o", tmp_path / "x.jpg", "-q").returncode == 0
+    assert Image.open(tmp_path / "x.jpg").format == "JPEG" and (tmp_path / "x.jpg").is_file()
+    line = one_error_line(cli("decode", archive, *one, "-o", tmp_path / "x.tif", "-q"))
+    assert "x.tif: decode writes .png or .jpg images" in line and not (tmp_path / "x.tif").exists()
+    assert "one image file holds one image" in one_error_line(cli("decode", archive, "--all", "-o", tmp_path / "a.jpg"))

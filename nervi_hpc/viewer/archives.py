@@ -60,39 +60,46 @@ class ViewedArchive:
         return tuple(values)
 
     def facts(self) -> dict[str, Any]:
-        """What the page shows about the archive: from its header and file size, plus PSNR from
-        the evaluation beside it (eval/summary.json of this very file), else from training."""
-        meta, info = self.decoder.meta, self.decoder.info
-        file_bytes = self.path.stat().st_size
-        evaluated = evaluation_psnr(self.path, file_bytes)
-        training_psnr = meta.training.get("psnr")
-        psnr_from = "evaluation" if evaluated is not None else "training" if training_psnr is not None else None
-        return {
-            "id": self.id,
-            "name": self.path.stem,
-            "file": self.path.name,
-            "mode": meta.mode,
-            "source": meta.source,
-            "dataset": meta.training.get("dataset"),
-            "count": meta.count,
-            "height": meta.height,
-            "width": meta.width,
-            "bytes": file_bytes,
-            "compression_ratio": compression_ratio(meta.count, meta.height, meta.width, file_bytes),
-            "bits": meta.bits,
-            "weights": info.parameter_count if info else None,
-            "bits_per_weight": info.bits_per_parameter if info else None,
-            "psnr_db": evaluated if evaluated is not None else training_psnr,
-            "psnr_from": psnr_from,
-            "training": {k: meta.training.get(k) for k in ("epochs", "steps", "seconds")},
-            "model": {"arch": meta.model.arch, "c1": meta.model.c1, "c2": meta.model.c2},
-            "device": str(self.decoder.device),
-            "parameters": [{"name": p.name, "low": p.low, "high": p.high, "grid": list(p.grid)}
-                           for p in meta.parameters],
-        }
+        """What the page shows about the archive (`archive_facts`), with its id and device."""
+        return {"id": self.id, **archive_facts(self.path, self.decoder), "device": str(self.decoder.device)}
 
     def close(self) -> None:
         self.frames.close()
+
+
+def archive_facts(path: Path, decoder: Decoder) -> dict[str, Any]:
+    """What a recipient wants to know of an archive (the viewer's panel, `nervi-hpc info`): from
+    its header and file size, plus PSNR from the evaluation beside it (eval/summary.json of this
+    very file), else from training."""
+    meta, info = decoder.meta, decoder.info
+    file_bytes = path.stat().st_size
+    evaluated = evaluation_psnr(path, file_bytes)
+    training_psnr = meta.training.get("psnr")
+    psnr_from = "evaluation" if evaluated is not None else "training" if training_psnr is not None else None
+    return {
+        "name": path.stem,
+        "file": path.name,
+        "mode": meta.mode,
+        "source": meta.source,
+        "dataset": meta.training.get("dataset"),
+        "count": meta.count,
+        "height": meta.height,
+        "width": meta.width,
+        "background": list(meta.background),
+        "bytes": file_bytes,
+        "compression_ratio": compression_ratio(meta.count, meta.height, meta.width, file_bytes),
+        "bits": meta.bits,
+        "weights": info.parameter_count if info else None,
+        "bits_per_weight": info.bits_per_parameter if info else None,
+        "psnr_db": evaluated if evaluated is not None else training_psnr,
+        "psnr_from": psnr_from,
+        "training": dict(meta.training),
+        "model": {"arch": meta.model.arch, "c1": meta.model.c1, "c2": meta.model.c2,
+                  "grid_features": meta.model.grid_features, "periodic": list(meta.model.periodic),
+                  "composite": meta.model.composite},
+        "parameters": [{"name": p.name, "low": p.low, "high": p.high, "grid": list(p.grid), "period": period}
+                       for p, period in zip(meta.parameters, decoder.periods())],
+    }
 
 
 def evaluation_psnr(archive: Path, file_bytes: int) -> float | None:
