@@ -254,3 +254,65 @@ def test_slider_keys_and_play_change_the_decoded_image(page, archive, tmp_path):
     assert (tmp_path / "viewer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert viewer.archives["tiny"].frames.stats.hits > 0  # playing hit prefetched frames
     assert browser.errors == []
+
+
+def drag(browser, dx: float, dy: float) -> None:
+    """Press on the middle of the image, move by (dx, dy) in a few moves, release."""
+    x, y = browser.evaluate("(() => { const r = document.getElementById('canvas').getBoundingClientRect();"
+                            " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+    browser.page("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+    browser.page("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", clickCount=1)
+    for k in range(1, 5):
+        browser.page("Input.dispatchMouseEvent", type="mouseMoved", x=x + dx * k / 4, y=y + dy * k / 4,
+                     button="left", buttons=1)
+    browser.page("Input.dispatchMouseEvent", type="mouseReleased", x=x + dx, y=y + dy, button="left", clickCount=1)
+
+
+KEY = "document.getElementById('frame').dataset.key"
+
+
+def test_orbit_by_drag_phi_wraps_mask_save_and_a_shareable_view(page, archive):
+    browser, _ = page
+    decoder = Decoder.open(archive, device="cpu")
+    assert browser.evaluate(KEY).endswith(",60,90")
+    drag(browser, 48, 0)  # two grid steps of phi (24 px each)
+    browser.wait_for(f"{KEY}.endsWith(',60,270')")
+    drag(browser, 48, 24)  # round the orbit: 270 → 0 → 90; and theta one step down
+    browser.wait_for(f"{KEY}.endsWith(',90,90')")
+    assert_decoder_pixels(browser, decoder)
+
+    browser.press("ArrowDown", 40)  # t → theta → phi: the arrow keys on phi wrap round too
+    browser.press("ArrowDown", 40)
+    browser.press("ArrowLeft", 37)
+    browser.press("ArrowLeft", 37)
+    browser.wait_for(f"{KEY}.endsWith(',90,270')")
+
+    browser.click(*browser.evaluate("(() => { const r = document.getElementById('mask').getBoundingClientRect();"
+                                    " return [r.left + r.width / 2, r.top + r.height / 2]; })()"))
+    browser.wait_for(f"{KEY}.endsWith(',90,270|mask')")
+    _, image = shown(browser)
+    _, masks = decoder.decode_with_masks(np.array([[0.0, 90.0, 270.0]]))
+    assert np.array_equal(image[..., 0], masks[0] * 255)
+
+    save = browser.evaluate("(() => { const a = document.getElementById('save'); return [a.download, a.href]; })()")
+    assert save[0] == "tiny_t0_theta90_phi270_mask.png" and save[1].startswith("blob:")
+    assert browser.evaluate("location.hash") == "#archive=tiny&t=0&theta=90&phi=270&mask=1"
+
+    shared = browser.evaluate("location.origin") + "/#archive=tiny&t=0&theta=120&phi=180"
+    browser.page("Page.navigate", url="about:blank")
+    browser.page("Page.navigate", url=shared)
+    browser.wait_for(f"document.getElementById('frame')?.dataset.key?.endsWith(',120,180')")
+    assert not browser.evaluate("document.getElementById('mask').checked")
+    assert browser.errors == []
+
+
+def test_quick_play_pause_play_plays_at_the_chosen_rate(page):
+    browser, _ = page
+    browser.evaluate("document.getElementById('fps').value = '2'")
+    before = browser.evaluate(FRAMES_SHOWN)
+    browser.evaluate("(() => { const b = document.getElementById('play'); b.click(); b.click(); b.click(); })()")
+    time.sleep(3)
+    played = browser.evaluate(FRAMES_SHOWN) - before
+    browser.evaluate("document.getElementById('play').click()")
+    assert 4 <= played <= 8, played  # 2 frames/s for 3 s (one loop, not two)
+    assert browser.errors == []

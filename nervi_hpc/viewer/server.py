@@ -3,8 +3,8 @@
 Routes (GET only):
     /  /app.js  /style.css              the page (fixed files: no path from a request touches disk)
     /api/archives                       {"archives": [facts, …]} (see ViewedArchive.facts)
-    /api/archives/<id>/frame?<name>=<value>…[&format=png|webp][&play=<name>][&active=<name>]
-                                        one decoded frame (play/active: which neighbours to
+    /api/archives/<id>/frame?<name>=<value>…[&format=png|webp][&layer=image|mask][&play=<name>][&active=<name>]
+                                        one decoded frame or its mask (play/active: which neighbours to
                                         prefetch, see frames.neighbours); headers X-Decode-Ms, X-Encode-Ms,
                                         X-Batch, X-Cache (hit|miss), X-Unseen (true|false)
     /api/stats                          per-archive counters of the frame services
@@ -82,11 +82,12 @@ class Viewer:
         """(frame, cache hit) for a frame request; queues the neighbours' prefetch."""
         archive = self.archive(archive_id)
         fmt = _single(query.pop("format", ["png"]), "format")
+        layer = _single(query.pop("layer", ["image"]), "layer")
         play, active = (_axis(archive, key, _single(query.pop(key, [""]), key)) for key in ("play", "active"))
         row = archive.row(query)
-        frame, hit = archive.frames.frame(row, fmt)
+        frame, hit = archive.frames.frame(row, fmt, layer)
         if self.prefetch:
-            archive.frames.prefetch(neighbours(archive.grids, row, play=play, active=active), fmt)
+            archive.frames.prefetch(neighbours(archive.grids, row, play=play, active=active), fmt, layer)
         return frame, hit
 
     def stats(self) -> dict[str, Any]:
