@@ -195,7 +195,7 @@ def cmd_view(args) -> None:
     from .viewer import serve
 
     serve(args.archives, host=args.host, port=args.port, device=args.device,
-          cache_bytes=args.cache_mb << 20)
+          cache_bytes=args.cache_mb << 20, store=args.store)
 
 
 def _storage():
@@ -496,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("--cache-mb", type=int, default=256, help="encoded frames kept per archive, in MB (default 256)")
+    p.add_argument("--store", help="the renders.zarr the archives were trained on: ground truth and ΔE beside "
+                   "each decoded view of the training grid")
     p.set_defaults(run=cmd_view)
 
     p = verbs.add_parser("submit", help="run ingest → train → compress for a dataset.yaml on a cluster.yaml profile")

@@ -170,9 +170,11 @@ def browser(tmp_path):
 
 
 @pytest.fixture
-def page(browser, archive):
-    """The viewer page of `archive`, loaded and showing its first frame."""
-    viewer = Viewer([archive], device="cpu")
+def page(browser, archive, request):
+    """The viewer page of `archive` (with its store as ground truth when the test is marked
+    `truth`), loaded and showing its first frame."""
+    store = archive.parent.parent / "renders.zarr" if request.node.get_closest_marker("truth") else None
+    viewer = Viewer([archive], device="cpu", store=store)
     server, base = serve_in_thread(viewer)
     browser.page("Page.navigate", url=f"{base}/")
     browser.wait_for(f"{FRAMES_SHOWN} >= 1")
@@ -193,9 +195,9 @@ SHOWN_PIXELS = """(() => {
 })()"""
 
 
-def shown(browser) -> tuple[tuple[float, ...], np.ndarray]:
-    """(parameter row, RGB pixels) of the frame on screen."""
-    key, rgba = browser.evaluate(SHOWN_PIXELS)
+def shown(browser, element: str = "frame") -> tuple[tuple[float, ...], np.ndarray]:
+    """(parameter row, RGB pixels) of the frame on screen (or of the image beside it)."""
+    key, rgba = browser.evaluate(SHOWN_PIXELS.replace("'frame'", repr(element)))
     row = tuple(float(v) for v in key.split("|")[1].split(","))
     image = np.array(rgba, dtype=np.uint8).reshape(16, 16, 4)
     return row, image[..., :3]
@@ -315,4 +317,25 @@ def test_quick_play_pause_play_plays_at_the_chosen_rate(page):
     played = browser.evaluate(FRAMES_SHOWN) - before
     browser.evaluate("document.getElementById('play').click()")
     assert 4 <= played <= 8, played  # 2 frames/s for 3 s (one loop, not two)
+    assert browser.errors == []
+
+
+@pytest.mark.truth
+def test_ground_truth_and_delta_e_beside_the_decoded_view(page, archive):
+    from nervi_hpc.evaluate import DELTA_E_SCALE, colour_map, delta_e_uv
+    from nervi_hpc.store import RenderStore
+
+    browser, viewer = page
+    decoder = Decoder.open(archive, device="cpu")
+    store = RenderStore.open(archive.parent.parent / "renders.zarr")
+    row = assert_decoder_pixels(browser, decoder)
+    truth = store.read([store.params.tolist().index(list(row))])[0][0]
+    assert not browser.evaluate("document.getElementById('compare').hidden")
+    for layer, expected in (("truth", truth),
+                            ("delta", colour_map(delta_e_uv(truth, decoder.decode(np.array([row]))[0]) / DELTA_E_SCALE))):
+        browser.evaluate(f"(() => {{ const s = document.getElementById('compare'); s.value = '{layer}';"
+                         " s.dispatchEvent(new Event('change')); })()")
+        browser.wait_for(f"document.getElementById('compared').dataset.key?.endsWith('|{layer}')"
+                         " && !document.getElementById('compared').hidden")
+        assert np.array_equal(shown(browser, "compared")[1], expected), layer
     assert browser.errors == []

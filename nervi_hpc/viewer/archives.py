@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from ..codec.archive import compression_ratio
 from ..decode import Decoder, ParameterError
 from ..evaluate import default_eval_dir
+from ..store import RenderStore
 from .frames import DEFAULT_CACHE_BYTES, FrameService
 
 
@@ -28,9 +29,14 @@ class ViewedArchive:
 
     @classmethod
     def open(cls, archive_id: str, path: str | os.PathLike, *, device=None,
-             cache_bytes: int = DEFAULT_CACHE_BYTES) -> ViewedArchive:
+             cache_bytes: int = DEFAULT_CACHE_BYTES, truth: RenderStore | None = None) -> ViewedArchive:
+        """Open the archive; `truth` (a renders store) is its ground truth where it holds this
+        archive's parameters and image size (IR and DVR archives may share one --store)."""
         decoder = Decoder.open(path, device=device)
-        return cls(archive_id, Path(path), decoder, FrameService(decoder, cache_bytes=cache_bytes))
+        meta = decoder.meta
+        if truth is not None and (truth.param_names, truth.height, truth.width) != (meta.names, meta.height, meta.width):
+            truth = None
+        return cls(archive_id, Path(path), decoder, FrameService(decoder, cache_bytes=cache_bytes, truth=truth))
 
     @property
     def grids(self) -> list[tuple[float, ...]]:
@@ -61,7 +67,8 @@ class ViewedArchive:
 
     def facts(self) -> dict[str, Any]:
         """What the page shows about the archive (`archive_facts`), with its id and device."""
-        return {"id": self.id, **archive_facts(self.path, self.decoder), "device": str(self.decoder.device)}
+        return {"id": self.id, **archive_facts(self.path, self.decoder), "device": str(self.decoder.device),
+                "truth": self.frames.truth is not None}
 
     def close(self) -> None:
         self.frames.close()

@@ -21,9 +21,14 @@ import numpy as np
 from PIL import Image
 
 from ..decode import Decoder, ParameterError
+from ..evaluate import DELTA_E_SCALE, colour_map, delta_e_uv
+from ..store import RenderStore
 
 FORMATS = {"png": "image/png", "webp": "image/webp"}
-LAYERS = ("image", "mask")  # the decoded RGB image, or its foreground mask (white on black)
+# the decoded RGB image, its foreground mask (white on black), and with a renders store the
+# ground truth and the ΔE*uv map between the two (evaluate's colours, 0..DELTA_E_SCALE)
+LAYERS = ("image", "mask", "truth", "delta")
+COMPARED = ("truth", "delta")
 ENCODERS = {"png": {"format": "PNG", "compress_level": 1},  # fastest levels: this runs per frame
             "webp": {"format": "WEBP", "lossless": True, "quality": 0, "method": 0}}
 DEFAULT_CACHE_BYTES = 256 << 20
@@ -105,8 +110,10 @@ class FrameService:
     """Frames of one decoder's archive; see the module docstring. Call `close()` when done."""
 
     def __init__(self, decoder: Decoder, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 prefetch_batch: int | None = None):
+                 prefetch_batch: int | None = None, truth: RenderStore | None = None):
         self.decoder = decoder
+        self.truth = truth
+        self._truth_rows = None if truth is None else {tuple(row): i for i, row in enumerate(truth.params.tolist())}
         self.cache = FrameCache(cache_bytes)
         self.stats = Stats()
         self.prefetch_batch = prefetch_batch or (decoder.batch_size if decoder.cuda else 1)
@@ -190,6 +197,11 @@ class FrameService:
             raise ParameterError(f"layer={layer[:20]!r}: expected one of {', '.join(LAYERS)}")
         values = tuple(float(v) for v in row)
         self.unseen(values)  # range check in the caller's thread: its error is the caller's
+        if layer in COMPARED and self._truth_rows is None:
+            raise ParameterError(f"layer={layer}: no ground truth here (start the viewer with --store RENDERS)")
+        if layer in COMPARED and values not in self._truth_rows:
+            raise ParameterError(f"layer={layer}: no ground truth at {self.decoder.describe(values)} "
+                                 f"(not one of the store's images)")
         return values, fmt, layer
 
     # ------------------------------------------------------------------------------------------
@@ -247,7 +259,11 @@ class FrameService:
         for values, fmt, layer in keys:
             start = time.perf_counter()
             i = rows.index(values)
-            pixels = images[i] if layer == "image" else np.repeat(masks[i][..., None] * 255, 3, axis=-1)
+            if layer in COMPARED:
+                truth = self.truth.read([self._truth_rows[values]])[0][0]
+                pixels = truth if layer == "truth" else colour_map(delta_e_uv(truth, images[i]) / DELTA_E_SCALE)
+            else:
+                pixels = images[i] if layer == "image" else np.repeat(masks[i][..., None] * 255, 3, axis=-1)
             data = encode_image(pixels, fmt)
             made[values, fmt, layer] = Frame(data=data, mime=FORMATS[fmt], decode_ms=decode_ms,
                                       encode_ms=1000 * (time.perf_counter() - start), batch=len(rows),

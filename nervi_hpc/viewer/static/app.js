@@ -17,6 +17,7 @@ const state = {
   playing: false,
   playToken: 0,                   // which play loop may run: a quick pause-play starts a new one
   mask: false,                    // show the decoded foreground mask instead of the image
+  compare: "",                    // "", "truth" or "delta": shown beside the frame (with --store)
   shown: null,                    // key of the frame on screen
   framesShown: 0,
 };
@@ -63,10 +64,10 @@ function frameKey() {
   return `${state.archive.id}|${state.values.join(",")}${state.mask ? "|mask" : ""}`;
 }
 
-function frameUrl() {
+function frameUrl(values = state.values, layer = state.mask ? "mask" : "image") {
   const q = new URLSearchParams();
-  state.archive.parameters.forEach((p, j) => q.set(p.name, String(state.values[j])));
-  if (state.mask) q.set("layer", "mask");
+  state.archive.parameters.forEach((p, j) => q.set(p.name, String(values[j])));
+  if (layer !== "image") q.set("layer", layer);
   // prefetch hints: the server decodes next the frames this position is likeliest to be left for
   if (state.playing) q.set("play", state.archive.parameters[Number($("play-param").value)].name);
   else q.set("active", state.archive.parameters[state.active].name);
@@ -123,6 +124,26 @@ async function load(url, key, values) {
   showCaption(values, response.headers, performance.now() - started);
   showStatus("");
   shareView(values);
+  await showCompared(values);
+}
+
+// The ground truth or ΔE map beside the frame; hidden (with a note) off the store's images.
+async function showCompared(values) {
+  const img = $("compared");
+  const old = img.src;
+  img.hidden = true;
+  if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+  if (!state.compare) return;
+  const response = await fetch(frameUrl(values, state.compare));
+  if (!response.ok) {
+    showStatus(`no ${state.compare === "truth" ? "ground truth" : "ΔE"} here: a view off the training grid`);
+    return;
+  }
+  img.src = URL.createObjectURL(await response.blob());
+  await img.decode();
+  img.hidden = false;
+  img.dataset.key = `${state.archive.id}|${values.join(",")}|${state.compare}`;
+  fitImage();
 }
 
 // The view in the page's address (#archive=…&t=…&theta=…&phi=…[&mask=1]): copy it to share it.
@@ -183,11 +204,14 @@ function fitImage() {
   const box = $("canvas").getBoundingClientRect();
   const a = state.archive;
   if (!a || !box.width) return;
-  const fit = Math.min((box.width - 32) / a.width, (box.height - 32) / a.height);
+  const side = state.compare ? 2 : 1;  // two images side by side share the width
+  const fit = Math.min((box.width - 32 * side) / (a.width * side), (box.height - 32) / a.height);
   const scale = fit >= 1 ? Math.floor(fit) : fit;
-  img.style.width = `${Math.round(a.width * scale)}px`;
-  img.style.height = `${Math.round(a.height * scale)}px`;
-  img.classList.toggle("pixelated", scale >= 2);
+  for (const shown of [img, $("compared")]) {
+    shown.style.width = `${Math.round(a.width * scale)}px`;
+    shown.style.height = `${Math.round(a.height * scale)}px`;
+    shown.classList.toggle("pixelated", scale >= 2);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -440,6 +464,9 @@ function selectArchive(index) {
   });
   state.values = sharedValues(a) || state.values;
   $("mask").checked = state.mask;
+  $("compare").hidden = !a.truth;
+  if (!a.truth) state.compare = "";
+  $("compare").value = state.compare;
   state.active = Math.min(state.active, a.parameters.length - 1);
   $("archive").value = String(index);
   document.title = `${a.name} · nervi-hpc viewer`;
@@ -474,6 +501,11 @@ async function start() {
   });
   $("play").addEventListener("click", () => setPlaying(!state.playing));
   $("mask").addEventListener("change", (e) => { state.mask = e.target.checked; refresh(); });
+  $("compare").addEventListener("change", (e) => {
+    state.compare = e.target.value;
+    e.target.blur();
+    showCompared(state.values);
+  });
   enableDrag();
   // once a choice is made, hand the arrow keys back to the grid
   for (const id of ["archive", "play-param", "fps"]) $(id).addEventListener("change", (e) => e.target.blur());
