@@ -27,8 +27,8 @@ def memory_bytes() -> dict[str, int]:
 
 
 def describe(record: dict) -> str:
-    """One line of a progress record's figures: images or epoch, loss, PSNR, rate, time, memory."""
-    from .status import human_bytes, human_duration
+    """One line of a progress record's figures: images or epoch, loss, PSNR, rate, time, host, memory."""
+    from .status import human_duration
 
     parts = []
     if "images" in record:
@@ -46,11 +46,17 @@ def describe(record: dict) -> str:
         parts.append(human_duration(record["elapsed_s"]) + (f" of {human_duration(budget)}" if budget else ""))
     if record.get("eta_s") is not None:
         parts.append(f"ETA {human_duration(record['eta_s'])}")
-    memory = f"RSS {human_bytes(record['rss_bytes'])}" if "rss_bytes" in record else ""
+    return " · ".join(parts + [where(record)])
+
+
+def where(record: dict) -> str:
+    """`node12 (RSS 1.2 GB, GPU 30.1 GB)`: the host of a progress record and its peak memory."""
+    from .status import human_bytes
+
+    memory = [f"RSS {human_bytes(record['rss_bytes'])}"] if "rss_bytes" in record else []
     if "gpu_bytes" in record:
-        memory += f", GPU {human_bytes(record['gpu_bytes'])}"
-    parts.append(f"{record.get('host', '?')} ({memory})" if memory else record.get("host", ""))
-    return " · ".join(p for p in parts if p)
+        memory.append(f"GPU {human_bytes(record['gpu_bytes'])}")
+    return record.get("host", "?") + (f" ({', '.join(memory)})" if memory else "")
 
 
 class ProgressLog:

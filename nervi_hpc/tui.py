@@ -66,8 +66,8 @@ def _focus_panel(view: RunView, log_lines: int) -> Panel:
         body.append(bar)
     stage = view.manifest.active_stage
     now = view.progress(stage) if stage else None
-    if now is not None:
-        body.append(Text(f"{stage} now: {progress.describe(now)}"))
+    if now is not None:  # the figures are in the table above; the record adds where and how much memory
+        body.append(Text(f"{stage} runs on {progress.where(now)}", style="dim"))
     try:
         path = log_path(view.paths, view.manifest)
     except RunError:
