@@ -120,10 +120,19 @@ def short_run(tmp_path_factory):
     (folder, cli environment, run id, submit's output)."""
     folder = tmp_path_factory.mktemp("short")
     env = local_cluster(folder)
-    ran = cli("submit", write_spec(folder, "short", epochs=300, max_minutes=0.05), "--wait", env=env)
+    ran = cli("submit", write_spec(folder, "short", epochs=300, max_minutes=0.01), "--wait", env=env)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     run_id = json.loads(cli("list", "--json", env=env).stdout)[0]["run"]
     return folder, env, run_id, ran.stdout
+
+
+def test_what_ends_with_a_warning():
+    from nervi_hpc.manifest import ending_warnings
+
+    assert len(ending_warnings(4, 300, True, 12.0)) == 2  # the run of the issue: 4 of 300 epochs, 12 dB
+    assert ending_warnings(33, 1000, True, 24.6) == []  # the demo: time-bound on purpose, it ran its course
+    assert ending_warnings(4, 300, False, 30.0) == []  # not stopped by the time limit
+    assert "lower model.target_cr" in ending_warnings(300, 300, False, 15.0)[0]
 
 
 def test_a_run_stopped_far_short_of_its_epochs_ends_with_a_warning_everywhere(short_run):
