@@ -110,17 +110,19 @@ def archive_facts(path: Path, decoder: Decoder) -> dict[str, Any]:
 
 
 def evaluation_psnr(archive: Path, file_bytes: int) -> float | None:
-    """Mean PSNR from the evaluation written beside `archive`, when that evaluation is of this
-    file (same name and size): a run's eval/ may hold the report of another archive."""
-    try:
-        summary = json.loads((default_eval_dir(archive) / "summary.json").read_text())
-        evaluated = summary["archive"]
-        if Path(evaluated["path"]).name != archive.name or evaluated["bytes"] != file_bytes:
-            return None
-        psnr = summary["psnr_db"]["mean"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return float(psnr) if isinstance(psnr, (int, float)) and math.isfinite(psnr) else None
+    """Mean PSNR from the evaluation written beside `archive` (a run's eval/, X-eval/, or the
+    X.summary.json that fetch writes), when that evaluation is of this file (same name and size):
+    a run's eval/ may hold the report of another archive."""
+    for report in (default_eval_dir(archive) / "summary.json", archive.with_name(f"{archive.stem}.summary.json")):
+        try:
+            summary = json.loads(report.read_text())
+            evaluated, psnr = summary["archive"], summary["psnr_db"]["mean"]
+            same = Path(evaluated["path"]).name == archive.name and evaluated["bytes"] == file_bytes
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if same and isinstance(psnr, (int, float)) and math.isfinite(psnr):
+            return float(psnr)
+    return None
 
 
 def archive_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
