@@ -53,17 +53,21 @@ def cmd_ingest(args) -> None:
     source = _source_from_arg(args.source, args.pattern, args.mode, args.allow_outside)
     result = ingest(source, args.output, shard_size=args.shard_size, workers=args.workers,
                     progress=not args.quiet, contact_sheet=args.contact_sheet)
-    print(result.summary())
+    if result.rank == 0:  # under mpiexec every rank returns the same result
+        print(result.summary())
 
 
 def cmd_train(args) -> None:
     import shutil
+    import time
 
     from .config import load_dataset
+    from .jobs import train_figures
     from .paths import RunPaths
     from .train import train
 
     paths = RunPaths(Path(args.run_dir))
+    _not_while_a_job_runs(paths, "train")
     if args.spec:
         load_dataset(args.spec)  # validate before copying
         paths.root.mkdir(parents=True, exist_ok=True)
@@ -71,9 +75,29 @@ def cmd_train(args) -> None:
 
         with atomic.atomic_path(paths.spec) as tmp:
             shutil.copyfile(args.spec, tmp)
-    result = train(paths.root, load_dataset(paths.spec), max_minutes=args.max_minutes,
-                   progress=not args.quiet)
+    spec, started = load_dataset(paths.spec), time.time()
+    result = train(paths.root, spec, max_minutes=args.max_minutes, progress=not args.quiet)
     print(result.summary())
+    _record_by_hand(paths, "train", started, train_figures(result, spec))
+
+
+def _not_while_a_job_runs(paths, stage: str) -> None:
+    """A stage run by hand on a managed run must not race that run's own job."""
+    from .manifest import RunError, read
+
+    if paths.manifest.is_file():
+        record = read(paths).stages[stage]
+        if record.state in ("queued", "running"):
+            raise RunError(f"{paths.root.name}: {stage} is {record.state} as job {record.job_id}; "
+                           f"wait for it or nervi-hpc cancel {paths.root.name} first")
+
+
+def _record_by_hand(paths, stage: str, started: float, figures: dict) -> None:
+    """Keep a managed run's record (manifest.json) in step with a stage run by hand."""
+    from . import manifest
+
+    if paths.manifest.is_file():
+        manifest.update(paths, lambda m: m.ran_by_hand(stage, started, figures))
 
 
 def cmd_decode(args) -> None:
@@ -94,7 +118,44 @@ def cmd_decode(args) -> None:
         params = parse_assignments(decoder.names, args.param)
     for note in unseen_notes(decoder, params):
         print(f"note: {note}", file=sys.stderr)
-    print(write_outputs(decoder, params, args.output, archive=args.archive, progress=not args.quiet))
+    print(write_outputs(decoder, params, args.output, archive=args.archive, progress=not args.quiet,
+                        rgba=args.rgba))
+
+
+def cmd_info(args) -> None:
+    from .decode import Decoder
+    from .status import human_bytes, human_duration
+    from .viewer.archives import archive_facts
+
+    facts = archive_facts(Path(args.archive), Decoder.open(args.archive, device="cpu"))
+    if args.json:
+        _print_json(facts)
+        return
+    f, t = facts, facts["training"]
+    print(f"{args.archive}: {f['bytes']:,} bytes ({human_bytes(f['bytes'])}), CR {f['compression_ratio']:.1f}: "
+          f"{f['count']} images of {f['width']}×{f['height']} ({f['mode']}) on background "
+          f"{tuple(f['background'])}")
+    if f["source"]:
+        print(f"  source: {f['source']}")
+    width = max(len(p["name"]) for p in f["parameters"])
+    for p in f["parameters"]:
+        grid = [format(v, "g") for v in p["grid"]]
+        shown = " ".join(grid if len(grid) <= 12 else grid[:6] + ["…"] + grid[-2:])
+        period = f"; periodic (period {p['period']:g}: any value decodes)" if p["period"] else ""
+        span = f"{p['low']:g} … {p['high']:g}" if p["high"] > p["low"] else f"{p['low']:g} only"
+        print(f"  {p['name']:<{width}}  {span}, "
+              f"{len(grid)} values: {shown}{period}")
+    m = f["model"]
+    print(f"  model: {m['arch']} c1={m['c1']} c2={m['c2']}"
+          + (f", feature grids ({m['grid_features']} features)" if m["grid_features"] else "")
+          + f", {m['composite']} compositing; {f['weights']:,} weights at {f['bits']} bits "
+          f"({f['bits_per_weight']:.2f} bits/weight with the header)")
+    planned = f" of {t['epochs_planned']}" if t.get("epochs_planned") else ""
+    how = ", stopped at the time limit" if t.get("stopped_early") else ""
+    print(f"  trained: {t.get('epochs')} epochs{planned}{how}, {t.get('steps')} steps in "
+          f"{human_duration(t.get('seconds'))}; training PSNR "
+          + (f"{t['psnr']:.2f} dB" if t.get("psnr") is not None else "n/a")
+          + (f"; evaluated PSNR {f['psnr_db']:.2f} dB" if f["psnr_from"] == "evaluation" else ""))
 
 
 def cmd_eval(args) -> None:
@@ -107,13 +168,21 @@ def cmd_eval(args) -> None:
 
 
 def cmd_compress(args) -> None:
-    from .compress import compress
+    import time
 
+    from .compress import compress
+    from .jobs import compress_figures
+    from .paths import RunPaths
+
+    paths = RunPaths(Path(args.run_dir))
+    _not_while_a_job_runs(paths, "compress")
+    started = time.time()
     result = compress(args.run_dir, bits=args.bits, name=args.name, evaluate=not args.no_eval,
                       device=args.device, progress=not args.quiet)
     print(result.summary())
     if result.evaluation is not None:
         print(result.evaluation.summary())
+    _record_by_hand(paths, "compress", started, compress_figures(result, paths))
 
 
 def cmd_bench(args) -> None:
@@ -130,7 +199,7 @@ def cmd_view(args) -> None:
     from .viewer import serve
 
     serve(args.archives, host=args.host, port=args.port, device=args.device,
-          cache_bytes=args.cache_mb << 20)
+          cache_bytes=args.cache_mb << 20, store=args.store)
 
 
 def _storage():
@@ -155,6 +224,7 @@ def cmd_submit(args) -> None:
         print(scheduler.dry_run(args.spec, cluster, args.profile), end="")
         return
     submission = scheduler.submit(args.spec, cluster, args.profile, new=args.new)
+    print(f"checked {submission.checked}")
     print(submission.summary())
     if args.wait:
         try:
@@ -201,6 +271,33 @@ def _wait(paths) -> None:
           f"(foreground {f['foreground_psnr']:.2f} dB); report: {paths.eval_dir / 'summary.md'}")
     print(f"  decode: nervi-hpc decode {archive} --all -o decoded/   (one view: --param NAME=VALUE … -o view.png)")
     print(f"  view:   nervi-hpc view {archive}")
+    for warning in view.warnings:
+        print(f"warning: {warning}")
+
+
+def _print_from(path, offset: int) -> int:
+    """Print `path` from byte `offset` on; return the offset reached."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+    except FileNotFoundError:
+        return offset
+    sys.stdout.write(chunk.decode(errors="replace"))
+    sys.stdout.flush()
+    return offset + len(chunk)
+
+
+def cmd_resume(args) -> None:
+    from . import scheduler
+
+    cluster, _ = _storage()
+    submission = scheduler.resume(_run(args.run_id), cluster, args.max_minutes)
+    print(submission.summary())
+    if args.wait:
+        _wait(submission.paths)
+    else:
+        print(f"follow it: nervi-hpc watch · nervi-hpc status {submission.paths.root.name}")
 
 
 def cmd_list(args) -> None:
@@ -210,10 +307,23 @@ def cmd_list(args) -> None:
 
     _, storage = _storage()
     views = snapshot(all_runs(storage))
+    if args.json:
+        _print_json([view.to_json() for view in views])
+        return
     if not views:
         print(f"no runs in {storage.runs}")
         return
-    Console().print(runs_table(views, title=str(storage.runs)))
+    console = Console()
+    console.print(runs_table(views, title=str(storage.runs)))
+    for view in views:
+        for warning in view.warnings:
+            console.print(f"⚠ {view.run_id}: {warning}", style="yellow", soft_wrap=True)
+
+
+def _print_json(data) -> None:
+    import json
+
+    print(json.dumps(data, indent=2))
 
 
 def cmd_status(args) -> None:
@@ -224,8 +334,11 @@ def cmd_status(args) -> None:
     if args.run_id is None:
         cmd_list(args)
         return
-    paths = _run(args.run_id)
-    Console().print(snapshot([paths])[0])
+    view = snapshot([_run(args.run_id)])[0]
+    if args.json:
+        _print_json(view.to_json())
+        return
+    Console().print(view)
 
 
 def cmd_watch(args) -> None:
@@ -259,11 +372,43 @@ def cmd_logs(args) -> None:
     from .status import log_path
 
     paths = _run(args.run_id)
+    if args.follow:
+        _follow(paths, args.stage, args.task)
+        return
     path = log_path(paths, manifest.read(paths), args.stage, args.task)
     try:
         sys.stdout.write(path.read_text(errors="replace"))
     except FileNotFoundError:
         print(f"{path}: no output yet", file=sys.stderr)
+
+
+def _follow(paths, stage: str | None, task: int, poll_s: float = 1.0) -> None:
+    """Print a job log as it grows, moving on to each next stage's log (unless `stage` is
+    given), until the run (or that stage) ends."""
+    import time
+
+    from .manifest import RunError
+    from .status import log_path, snapshot
+
+    shown, offset, last_round = None, 0, False
+    while True:
+        m = snapshot([paths])[0].manifest  # refreshed: a job that died ends the follow too
+        ended = m.terminal if stage is None else m.stages[stage].terminal
+        try:
+            path = log_path(paths, m, stage, task)
+        except RunError:  # no job yet: wait for the first
+            path = None
+        if path is not None and path != shown:
+            if shown is not None:
+                _print_from(shown, offset)  # the last lines of the job before
+                print(f"==> {path} <==", flush=True)
+            shown, offset = path, 0
+        if path is not None:
+            offset = _print_from(path, offset)
+        if last_round:
+            return
+        last_round = ended  # one more read after a pause: a job writes its last lines after its record
+        time.sleep(poll_s)
 
 
 def _decoding_options(p: argparse.ArgumentParser) -> None:
@@ -300,8 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("train", help="train (or resume) NeRVI on RUN_DIR/renders.zarr, in this process")
     p.add_argument("run_dir", help="run folder holding dataset.yaml and renders.zarr")
     p.add_argument("--spec", help="copy this dataset.yaml into the run folder first")
-    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes; "
-                   "the lr schedule is fitted to the budget")
+    p.add_argument("--max-minutes", type=float, help="the run's total training minutes, earlier sessions "
+                   "included (default: train.max_minutes); it stops there with a checkpoint, and the lr "
+                   "schedule is fitted to that budget")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_train)
 
@@ -312,13 +458,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params-file", help="CSV whose header names the parameters, one image per row")
     p.add_argument("--all", action="store_true", help="every image of the training grid")
     p.add_argument("-o", "--output", required=True,
-                   help="IMG.png (one image), OUT.zarr (a renders store) or a folder (PNGs named by parameters)")
+                   help="IMG.png or IMG.jpg (one image), OUT.cdb (a Cinema database: data.csv + PNGs), "
+                        "OUT.zarr (a renders store) or a folder (PNGs named by parameters)")
+    p.add_argument("--rgba", action="store_true", help="PNGs with the decoded foreground mask as alpha")
     _decoding_options(p)
     p.set_defaults(run=cmd_decode)
 
+    p = verbs.add_parser("info", help="what an archive holds: parameters, ranges, grid, size, CR, model, training")
+    p.add_argument("archive", help="the .nervi archive")
+    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p.set_defaults(run=cmd_info)
+
     p = verbs.add_parser("eval", help="decode every image of a store from an archive; report quality, size, speed")
     p.add_argument("archive", help="the .nervi archive")
-    p.add_argument("--store", required=True, help="the renders.zarr the archive was trained on")
+    p.add_argument("--store", required=True, help="the ground truth: the renders.zarr the archive was trained "
+                   "on, a Cinema database, or a folder of PNGs named as decode names them")
     p.add_argument("-o", "--output",
                    help="report folder (default: RUN/eval/ for RUN/archive/X.nervi, else X-eval/ beside X)")
     _decoding_options(p)
@@ -348,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("--cache-mb", type=int, default=256, help="encoded frames kept per archive, in MB (default 256)")
+    p.add_argument("--store", help="the renders.zarr the archives were trained on: ground truth and ΔE beside "
+                   "each decoded view of the training grid")
     p.set_defaults(run=cmd_view)
 
     p = verbs.add_parser("submit", help="run ingest → train → compress for a dataset.yaml on a cluster.yaml profile")
@@ -358,11 +514,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new", action="store_true", help="start a new run even if this spec was submitted before")
     p.set_defaults(run=cmd_submit)
 
+    p = verbs.add_parser("resume", help="continue a run that failed, was cancelled or trains on with more minutes")
+    p.add_argument("run_id", metavar="RUN", help="run id or unique prefix")
+    p.add_argument("--max-minutes", type=float, help="the run's new total training minutes, earlier training "
+                   "included: train on from the newest checkpoint, then compress again")
+    p.add_argument("--wait", action="store_true", help="follow the run until it ends; print the result")
+    p.set_defaults(run=cmd_resume)
+
     p = verbs.add_parser("list", help="all runs: state, stage, training progress, archive")
+    p.add_argument("--json", action="store_true", help="print the runs as JSON (manifest, progress, warnings)")
     p.set_defaults(run=cmd_list)
 
     p = verbs.add_parser("status", help="a run's stages: jobs, states, epoch, loss, PSNR, ETA, archive, CR")
     p.add_argument("run_id", metavar="RUN", nargs="?", help="run id or unique prefix (default: all runs)")
+    p.add_argument("--json", action="store_true", help="print the run as JSON (manifest, progress, warnings)")
     p.set_defaults(run=cmd_status)
 
     p = verbs.add_parser("watch", help="live dashboard of all runs with the active job's log")
@@ -386,6 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage", nargs="?", choices=("ingest", "train", "compress"),
                    help="default: the active stage, else the last one that ran")
     p.add_argument("--task", type=int, default=0, help="task of a multi-task job (default 0)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="print the log as it grows, then each next stage's, until the run ends")
     p.set_defaults(run=cmd_logs)
     return parser
 

@@ -118,7 +118,8 @@ def archive_meta(state: dict, config: dict, checkpoint_name: str, store: RenderS
                  and len(np.unique(params, axis=0)) == len(params))
     training = {
         "dataset": config.get("dataset", {}).get("name"), "checkpoint": checkpoint_name,
-        "epochs": state.get("epoch"), "steps": state.get("step"), "seconds": finite_or_none(state.get("seconds")),
+        "epochs": state.get("epoch"), "epochs_planned": config.get("dataset", {}).get("train", {}).get("epochs"),
+        "steps": state.get("step"), "seconds": finite_or_none(state.get("seconds")),
         "loss": finite_or_none(final.get("loss")), "psnr": finite_or_none(final.get("psnr")),
         "stopped_early": config.get("stopped_early"),
     }

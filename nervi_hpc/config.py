@@ -220,7 +220,11 @@ def _gpus(v) -> bool:
 
 @dataclass(frozen=True)
 class StageResources:
-    """Per-stage overrides of a profile's resources (a field left out keeps the stage's default)."""
+    """Per-stage overrides of a profile's resources (a field left out keeps the stage's default).
+
+    A stage on its own `partition` does not inherit the profile's `constraint` (node features
+    belong to a partition), and its `setup` lines replace the profile's (a CPU job needs no
+    `module load cuda`)."""
 
     partition: str | None = None
     qos: str | None = None
@@ -234,6 +238,7 @@ class StageResources:
     mem_gb: float | None = field(default=None, metadata=check(lambda v: v is None or v > 0, "a positive size"))
     time_min: int | None = field(default=None, metadata=check(lambda v: v is None or v > 0,
                                                               "a positive number of minutes"))
+    setup: list[str] | None = None
 
 
 @dataclass(frozen=True)

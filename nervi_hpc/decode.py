@@ -34,7 +34,7 @@ from . import __version__
 from .codec.archive import ArchiveInfo, read_archive
 from .data import normalize
 from .errors import ArchiveError, ConfigError, ModelError, NerviError
-from .imaging import write_png
+from .imaging import write_jpeg, write_png
 from .model import MAX_INPUTS, ModelConfig, NeRVI, composite, to_uint8
 from .sources import MAX_IMAGES, Source
 
@@ -422,20 +422,37 @@ class Decoder:
                                f"decode may write (NERVI_MAX_OUTPUT_GB)")
         return meta.grid()
 
+    def periods(self) -> list[float | None]:
+        """Each parameter's period where the model treats it as periodic (φ: 360), else None."""
+        periods = self.meta.model.periods or (0.0,) * len(self.meta.parameters)
+        return [span * (p.high - p.low) / 2 if span else None for span, p in zip(periods, self.meta.parameters)]
+
+    def wrap(self, params: np.ndarray) -> np.ndarray:
+        """`params` with each periodic value brought into [low, low + period): 360° and −10°
+        are the views 0° and 350° of the orbit."""
+        params = np.array(params, dtype=np.float64)
+        if params.ndim == 2 and params.shape[1] == len(self.meta.parameters):
+            for j, (p, period) in enumerate(zip(self.meta.parameters, self.periods())):
+                if period is not None:
+                    params[:, j] = p.low + np.mod(params[:, j] - p.low, period)
+        return params
+
     def check(self, params: np.ndarray) -> np.ndarray:
         """Validate (n, P) parameter rows; returns a bool per row: True where some value is off
         the training grid (unseen, decoded by interpolation). ParameterError for a wrong shape,
-        a non-finite value or a value outside the trained range (naming parameter, value, range)."""
-        params = np.asarray(params, dtype=np.float64)
+        a non-finite value or a value outside the trained range (naming parameter, value, range);
+        a periodic parameter's range is its whole period."""
+        params = self.wrap(params)
         count = len(self.meta.parameters)
         if params.ndim != 2 or params.shape[1] != count:
             raise ParameterError(f"expected parameter rows of {count} values ({', '.join(self.names)}), "
                                  f"got an array of shape {params.shape}")
         unseen = np.zeros(len(params), dtype=bool)
-        for j, p in enumerate(self.meta.parameters):
+        for j, (p, period) in enumerate(zip(self.meta.parameters, self.periods())):
             column = params[:, j]
             slack = GRID_TOLERANCE * max(p.high - p.low, abs(p.low), abs(p.high), 1.0)
-            bad = np.flatnonzero(~np.isfinite(column) | (column < p.low - slack) | (column > p.high + slack))
+            high = p.high + slack if period is None else np.inf
+            bad = np.flatnonzero(~np.isfinite(column) | (column < p.low - slack) | (column > high))
             if bad.size:
                 row = bad[0]
                 where = f" (row {row + 1} of {len(params)})" if len(params) > 1 else ""
@@ -454,9 +471,8 @@ class Decoder:
     def batches(self, params: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(first row, images uint8 (b, H, W, 3), masks uint8 (b, H, W) in {0, 1}) per batch of
         checked `params`; the mask is the model's m̂ > 0.5 (non-background pixels for NeRV)."""
-        params = np.asarray(params, dtype=np.float64)
         self.check(params)
-        inputs = torch.from_numpy(normalize(params, self.meta.ranges))
+        inputs = torch.from_numpy(normalize(self.wrap(params), self.meta.ranges))
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
         background, soft = self.meta.background, self.meta.model.soft
         for start in range(0, len(inputs), self.batch_size):
@@ -581,16 +597,18 @@ class ArchiveSource(Source):
     the store's mask is where a decoded pixel differs from the background."""
 
     decoder: Decoder = field(default=None, repr=False, compare=False)
+    alpha: bool = False  # pass the decoded mask as alpha (RGBA images)
 
     @classmethod
-    def of(cls, decoder: Decoder, params: np.ndarray, description: str) -> ArchiveSource:
+    def of(cls, decoder: Decoder, params: np.ndarray, description: str, alpha: bool = False) -> ArchiveSource:
         meta = decoder.meta
         return cls(names=meta.names, params=np.asarray(params, dtype=np.float64), size=(meta.height, meta.width),
                    mode=meta.mode, background=meta.background, mask_tolerance=0, description=description,
-                   decoder=decoder)
+                   decoder=decoder, alpha=alpha)
 
-    def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        return self.decoder.decode(self.params[list(indices)]), None
+    def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        images, masks = self.decoder.decode_with_masks(self.params[list(indices)])
+        return images, masks * 255 if self.alpha else None
 
 
 def png_name(names: Sequence[str], row: np.ndarray) -> str:
@@ -599,33 +617,61 @@ def png_name(names: Sequence[str], row: np.ndarray) -> str:
     return "_".join(f"{n}{_number(v)}" for n, v in zip(names, row)) + ".png"
 
 
+IMAGE_WRITERS = {".png": write_png, ".jpg": write_jpeg, ".jpeg": write_jpeg}
+
+
+def png_pattern(names: Sequence[str]) -> str:
+    """The image-folder pattern that reads `png_name`'s values back: `t{t}_theta{theta}_phi{phi}.png`."""
+    return "_".join(f"{n}{{{n}}}" for n in names) + ".png"
+
+
 def write_outputs(decoder: Decoder, params: np.ndarray, out: str | os.PathLike, *,
-                  archive: str | os.PathLike = "", progress: bool = True) -> str:
-    """Decode `params` into `out`: a `.png` file (one row), a `.zarr` renders store, or else a
-    folder of PNGs named from the parameters. Returns a one-line account of what was written."""
+                  archive: str | os.PathLike = "", progress: bool = True, rgba: bool = False) -> str:
+    """Decode `params` into `out`: a `.png` or `.jpg` file (one row), a `.zarr` renders store, a
+    `.cdb` Cinema database (data.csv + PNGs; RGBA with the decoded mask as alpha when `rgba`),
+    or else a folder of PNGs named from the parameters. Another image suffix is refused rather
+    than made a folder. Returns a one-line account of what was written."""
+    from PIL import Image
+
     out = Path(out)
     params = np.asarray(params, dtype=np.float64)
-    if out.suffix == ".zarr":
+    suffix = out.suffix.lower()
+    described = f"decoded from {Path(archive).name or 'an archive'}"
+    if suffix == ".zarr":
         from .ingest import ingest  # heavy (multiprocessing, rich): only for this output
 
-        source = ArchiveSource.of(decoder, params, f"decoded from {Path(archive).name or 'an archive'}")
-        result = ingest(source, out, workers=1, progress=progress)
+        result = ingest(ArchiveSource.of(decoder, params, described), out, workers=1, progress=progress)
         return f"wrote {result.count} decoded images to the renders store {out}"
-    if out.suffix.lower() == ".png":
+    if suffix == ".cdb":
+        from .sources.cinema import write_cinema
+
+        decoder.check(params)  # one clear error before any image is written
+        write_cinema(ArchiveSource.of(decoder, params, described, alpha=rgba), out, progress=progress)
+        return f"wrote a Cinema database of {len(params)} {'RGBA' * rgba or 'RGB'} images to {out} (data.csv)"
+    if suffix in IMAGE_WRITERS:
         if len(params) != 1:
-            raise ParameterError(f"-o {out}: one PNG file holds one image, but {len(params)} were asked "
-                                 f"for; give a folder or a .zarr store")
-        write_png(out, decoder.decode(params)[0])
+            raise ParameterError(f"-o {out}: one image file holds one image, but {len(params)} were asked "
+                                 f"for; give a folder, a .cdb Cinema database or a .zarr store")
+        if rgba and suffix != ".png":
+            raise ParameterError(f"-o {out}: JPEG has no alpha channel; --rgba needs a .png")
+        images, masks = decoder.decode_with_masks(params)
+        if rgba:
+            write_png(out, images[0], masks[0] * 255)
+        else:
+            IMAGE_WRITERS[suffix](out, images[0])
         return f"wrote {out}"
+    if suffix in Image.registered_extensions():
+        raise ParameterError(f"-o {out}: decode writes .png or .jpg images, a .cdb Cinema database, "
+                             f"a .zarr store or a folder, not {suffix} files")
     names = [png_name(decoder.names, row) for row in params]
     if len(set(names)) != len(names):
         raise ParameterError(f"-o {out}: the parameter list repeats a row ({_first_repeat(names)})")
     out.mkdir(parents=True, exist_ok=True)
     with progress_bar(progress) as bar:
         task = bar.add_task(f"decode → {out}", total=len(params))
-        for start, images, _ in decoder.batches(params):
+        for start, images, masks in decoder.batches(params):
             for k, image in enumerate(images):
-                write_png(out / names[start + k], image)
+                write_png(out / names[start + k], image, masks[k] * 255 if rgba else None)
             bar.advance(task, len(images))
     return f"wrote {len(params)} PNG images to {out}"
 

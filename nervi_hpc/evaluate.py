@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,10 +31,11 @@ from pytorch_msssim import ms_ssim as standard_ms_ssim
 
 from . import __version__, atomic
 from .codec.archive import compression_ratio
-from .decode import Decoder, progress_bar
+from .decode import Decoder, png_pattern, progress_bar
 from .errors import StoreError
 from .imaging import write_png
 from .loss import psnr as psnr_db
+from .manifest import ending_warnings
 from .paths import RunPaths
 from .store import RenderStore
 
@@ -324,7 +326,34 @@ def evaluate(archive: str | os.PathLike, store: str | os.PathLike, out_dir: str 
     """Decode every image of `store` from `archive`, compare, and write the report to `out_dir`."""
     archive, out_dir = Path(archive), Path(out_dir)
     decoder = Decoder.open(archive, device=device, batch_size=batch_size)
-    renders = RenderStore.open(store)
+    with tempfile.TemporaryDirectory(prefix="nervi-truth-") as scratch:
+        renders = RenderStore.open(truth_store(store, decoder.meta, Path(scratch), progress))
+        return _evaluate(archive, decoder, renders, out_dir, progress, truth=Path(store))
+
+
+def truth_store(path: str | os.PathLike, meta, scratch: Path, progress: bool) -> Path:
+    """The ground truth as a renders store: `path` itself when it is one, else the Cinema
+    database (data.csv) or the folder of PNGs named as `decode` names them at `path`, ingested
+    into `scratch` on the archive's background (`meta`, as it was trained)."""
+    from .config import CinemaSource, FolderSource
+    from .ingest import ingest
+    from .sources import open_source
+
+    path = Path(path)
+    if not path.is_dir() or (path / "zarr.json").is_file():
+        return path  # a store, or nothing: RenderStore.open says which
+    background = tuple(meta.background)
+    if (path / "data.csv").is_file():
+        spec = CinemaSource(kind="cinema", path=str(path), background=background)
+    else:
+        spec = FolderSource(kind="folder", path=str(path), pattern=png_pattern(meta.names), background=background)
+    truth = scratch / "truth.zarr"
+    ingest(open_source(spec), truth, workers=1, progress=progress)
+    return truth
+
+
+def _evaluate(archive: Path, decoder: Decoder, renders: RenderStore, out_dir: Path, progress: bool, *,
+              truth: Path) -> EvalResult:
     meta = decoder.meta
     if renders.param_names != meta.names or (renders.height, renders.width) != (meta.height, meta.width):
         raise StoreError(f"{renders.path}: its images ({renders.width}×{renders.height}, parameters "
@@ -353,6 +382,10 @@ def evaluate(archive: str | os.PathLike, store: str | os.PathLike, out_dir: str 
                  "bits_per_parameter": decoder.info.bits_per_parameter},
         timing={"encode_seconds": finite_or_none(meta.training.get("seconds")), "decode_seconds": decode_seconds,
                 "device": str(decoder.device), "precision": decoder.precision, "batch_size": decoder.batch_size})
+    figures["store"]["path"] = str(truth)  # what the user gave, not the scratch store it became
+    trained = meta.training
+    figures["warnings"] = ending_warnings(trained.get("epochs"), trained.get("epochs_planned"),
+                                          trained.get("stopped_early"), figures["psnr_db"]["mean"])
     title = (f"{archive.name}: {count} images {meta.width}x{meta.height}, {meta.bits}-bit, "
              f"CR {figures['compression_ratio']:.1f}, "
              f"mean PSNR {_show(figures['psnr_db']['mean'], '.2f')} dB")
@@ -555,6 +588,7 @@ def _markdown(f: dict[str, Any]) -> str:
         f"{f['store']['images']} images of {f['store']['width']}×{f['store']['height']} from "
         f"`{f['store']['path']}`, decoded on {timing['device']} ({timing['precision']}).",
         "",
+        *(f"**Warning:** {warning}.\n" for warning in f.get("warnings", [])),
         "| metric | mean | median | min | max | notes |",
         "|---|---|---|---|---|---|",
         row("PSNR (dB, RGB 8-bit)", f["psnr_db"], ".2f"),

@@ -59,6 +59,12 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None
         Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
 
 
+def write_jpeg(path: str | os.PathLike, rgb: np.ndarray, quality: int = 95) -> None:
+    """Write RGB uint8 (H, W, 3) as a JPEG (4:4:4, so thin lines keep their colour), atomically."""
+    with atomic.atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="JPEG", quality=quality, subsampling=0)
+
+
 def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[str] | None = None,
                   columns: int = 8, gap: int = 2) -> np.ndarray:
     """Tile RGB uint8 images (all H, W) into one RGB image with optional captions."""

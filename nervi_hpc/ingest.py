@@ -14,7 +14,6 @@ launcher (mpiexec, srun) the ranks, rank r taking shards r, r + K, …
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import multiprocessing
@@ -39,6 +38,7 @@ from rich.text import Text
 from . import atomic, errors
 from .errors import ConfigError, NerviError, SourceError, StoreError
 from .imaging import write_contact_sheet
+from .progress import ProgressLog
 from .sources import Source
 from .store import (FORMAT, INGEST_DIR, VERSION, RenderStore, create_arrays, finish_attrs,
                     partial_path, read_attrs, write_shard)
@@ -69,6 +69,7 @@ class IngestResult:
     seconds: float
     raw_bytes: int
     stored_bytes: int
+    rank: int = 0  # this process's MPI rank: only rank 0 reports
 
     def summary(self) -> str:
         stored = (f"{_human(self.stored_bytes)} stored, "
@@ -295,11 +296,12 @@ def write_store_contact_sheet(store: RenderStore, path: str | os.PathLike) -> No
 
 def ingest(source: Source, store_path: str | os.PathLike, *, shard_size: int | None = None,
            workers: int | None = None, progress: bool = True,
-           contact_sheet: str | os.PathLike | None = None) -> IngestResult:
+           contact_sheet: str | os.PathLike | None = None, lines: ProgressLog | None = None) -> IngestResult:
     """Write `source` into the renders store at `store_path` (see the module docstring).
 
     shard_size: images per shard (default ≈ 64 MB of raw pixels); workers: processes (default
-    min(CPUs, 8, shards); ignored under an MPI launcher, whose ranks are the workers).
+    min(CPUs, 8, shards); ignored under an MPI launcher, whose ranks are the workers); `lines`
+    reports rank 0's images written at intervals (a job's log).
     """
     started = time.perf_counter()
     store_path = Path(store_path)
@@ -316,25 +318,35 @@ def ingest(source: Source, store_path: str | os.PathLike, *, shard_size: int | N
         done = plan.done()
         skipped = plan.images_in(done)
         written = count - skipped
-        _write_unfinished(plan, done, comm, workers, progress, f"ingest {store_path.name}")
+        _write_unfinished(plan, done, comm, workers, progress, f"ingest {store_path.name}", lines)
         _on_root(comm, lambda: _finish(plan, store_path, digest))
     if contact_sheet is not None:
         _on_root(comm, lambda: write_store_contact_sheet(RenderStore.open(store_path), contact_sheet))
     height, width = source.size
     return IngestResult(path=store_path, count=count, shards=-(-count // shard_size), written=written,
                         skipped=skipped, seconds=time.perf_counter() - started,
-                        raw_bytes=count * height * width * 3, stored_bytes=_disk_usage(store_path))
+                        raw_bytes=count * height * width * 3, stored_bytes=_disk_usage(store_path),
+                        rank=0 if comm is None else comm.Get_rank())
 
 
 def _write_unfinished(plan: _Plan, done: set[int], comm, workers: int | None, progress: bool,
-                      label: str) -> None:
+                      label: str, lines: ProgressLog | None = None) -> None:
     """Write the shards not `done`: all of them here, or under MPI this rank's share (shards
-    rank, rank + K, …), with a progress bar on rank 0."""
+    rank, rank + K, …), with a progress bar (and `lines`) on rank 0."""
     rank, ranks = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
     mine = [s for s in range(rank, plan.shards, ranks) if s not in done]
     with _progress_bar(progress and rank == 0) as bar:
         task = bar.add_task(label + (f" (rank 0 of {ranks})" if ranks > 1 else ""), total=plan.images_in(mine))
-        report = functools.partial(bar.advance, task)
+
+        written = 0
+
+        def report(images: int) -> None:
+            nonlocal written
+            written += images
+            bar.advance(task, images)
+            if lines is not None and rank == 0:
+                lines(images=written, total=plan.images_in(mine))
+
         if comm is None:
             _write_local(plan, mine, workers or _default_workers(), report)
         else:

@@ -20,6 +20,7 @@ import submitit
 from . import atomic, manifest
 from .config import load_dataset
 from .paths import RunPaths
+from .progress import ProgressLog
 
 
 class StageJob(submitit.helpers.Checkpointable):
@@ -70,8 +71,10 @@ class IngestJob(StageJob):
 
         spec = load_dataset(paths.spec)
         result = ingest(open_source(spec.source), paths.store, shard_size=spec.ingest.shard_size,
-                        workers=spec.ingest.workers or self.cpus, progress=False)
-        _say(result.summary())
+                        workers=spec.ingest.workers or self.cpus, progress=False,
+                        lines=ProgressLog("ingest", paths.progress("ingest")))
+        if result.rank == 0:
+            _say(result.summary())
         return {"images": result.count, "shards": result.shards, "raw_bytes": result.raw_bytes,
                 "stored_bytes": result.stored_bytes, "seconds": result.seconds}
 
@@ -86,12 +89,10 @@ class TrainJob(StageJob):
 
         distributed = submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=False, overwrite=True)  # train picks the GPU by local rank
-        result = train(paths.root, load_dataset(paths.spec), progress=False)
+        spec = load_dataset(paths.spec)
+        result = train(paths.root, spec, max_minutes=manifest.read(paths).train_minutes, progress=False)
         _say(result.summary())
-        return {"epochs": result.epochs, "steps": result.steps, "seconds": result.seconds,
-                "loss": result.loss, "psnr": result.psnr, "parameters": result.parameters,
-                "images_per_s": result.images_per_s, "stopped_early": result.stopped_early,
-                "world_size": distributed.world_size}
+        return train_figures(result, spec, distributed.world_size)
 
 
 class CompressJob(StageJob):
@@ -104,16 +105,28 @@ class CompressJob(StageJob):
 
         result = compress(paths.root, progress=False)
         _say(result.summary())
-        evaluation = result.evaluation.figures if result.evaluation else {}
-        return {"archive": str(result.archive.relative_to(paths.root)), "bytes": result.bytes,
-                "sha256": atomic.file_sha256(result.archive), "compression_ratio": result.compression_ratio,
-                "bits": result.bits, "parameters": result.parameters,
-                "psnr": evaluation.get("psnr_db", {}).get("mean"),
-                "foreground_psnr": evaluation.get("foreground_psnr_db", {}).get("mean"),
-                "ms_ssim": evaluation.get("ms_ssim", {}).get("mean")}
+        return compress_figures(result, paths)
 
 
 STAGE_JOBS: dict[str, type[StageJob]] = {job.stage: job for job in (IngestJob, TrainJob, CompressJob)}
+
+
+def train_figures(result, spec, world_size: int = 1) -> dict[str, Any]:
+    """What the run's record keeps of a training (a job's or a `nervi-hpc train` by hand)."""
+    return {"epochs": result.epochs, "epochs_planned": spec.train.epochs, "steps": result.steps,
+            "seconds": result.seconds, "loss": result.loss, "psnr": result.psnr, "parameters": result.parameters,
+            "images_per_s": result.images_per_s, "stopped_early": result.stopped_early, "world_size": world_size}
+
+
+def compress_figures(result, paths: RunPaths) -> dict[str, Any]:
+    """What the run's record keeps of an archive: where, size, checksum, CR and quality."""
+    evaluation = result.evaluation.figures if result.evaluation else {}
+    return {"archive": str(result.archive.relative_to(paths.root)), "bytes": result.bytes,
+            "sha256": atomic.file_sha256(result.archive), "compression_ratio": result.compression_ratio,
+            "bits": result.bits, "parameters": result.parameters,
+            "psnr": evaluation.get("psnr_db", {}).get("mean"),
+            "foreground_psnr": evaluation.get("foreground_psnr_db", {}).get("mean"),
+            "ms_ssim": evaluation.get("ms_ssim", {}).get("mean")}
 
 
 def one_line(error: BaseException, limit: int = 400) -> str:

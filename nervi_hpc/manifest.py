@@ -77,6 +77,7 @@ class Manifest:
     created: float
     stages: dict[str, StageState] = field(default_factory=lambda: {s: StageState() for s in STAGES})
     driver: dict[str, Any] | None = None  # local executor: {"pid", "host"} of the process chaining stages
+    train_minutes: float | None = None  # total training budget set by `resume --max-minutes` (else the spec's)
 
     # ---- derived state
     @property
@@ -146,6 +147,11 @@ class Manifest:
         record.state, record.ended, record.reason = "failed", time.time(), reason
         self._never_start_after(stage, f"not started: {stage} failed")
 
+    def ran_by_hand(self, stage: str, started: float, figures: dict[str, Any]) -> None:
+        """The stage was run outside the job manager (`nervi-hpc train RUN`, `compress RUN`):
+        its figures are the run's now (no job of its own: job_id None)."""
+        self.stages[stage] = StageState(state="done", started=started, ended=time.time(), figures=figures)
+
     def cancelled(self, stage: str, reason: str) -> None:
         record = self.stages[stage]
         if not record.terminal:
@@ -177,6 +183,38 @@ class Manifest:
         if bad:
             raise RunError(f"{where}: unknown stage state {bad[0]!r}")
         return manifest
+
+
+# ----------------------------------------------------------------------------------------------
+# Judging a result
+
+LOW_PSNR_DB = 20.0  # below it the decoded images differ visibly from the renders
+SHORT_TRAINING = 0.5  # training stopped before this fraction of its epochs …
+FEW_EPOCHS = 20  # … and before seeing each image this often. A time-bound run (epochs set high on
+# purpose, the lr schedule fitted to the budget, as the demo's 1000) that got further ran its course.
+
+
+def ending_warnings(epochs: int | None, planned: int | None, stopped_early: bool | None,
+                    psnr: float | None) -> list[str]:
+    """What a finished run should not hide: training stopped far short of its epochs by the
+    time limit, or a low PSNR; each with its remedy."""
+    said = []
+    if stopped_early and epochs is not None and planned and epochs < min(SHORT_TRAINING * planned, FEW_EPOCHS):
+        said.append(f"training stopped at the time limit after epoch {epochs} of {planned}: "
+                    f"raise train.max_minutes (or resume the run with more minutes)")
+    if psnr is not None and psnr < LOW_PSNR_DB:
+        said.append(f"PSNR {psnr:.1f} dB is low (under {LOW_PSNR_DB:g} dB the images differ visibly): "
+                    f"train longer (train.max_minutes, train.epochs) or lower model.target_cr")
+    return said
+
+
+def run_warnings(m: "Manifest") -> list[str]:
+    """`ending_warnings` of a done run, from its train and compress figures."""
+    if m.state != "done":
+        return []
+    train, compress = m.stages["train"].figures, m.stages["compress"].figures
+    return ending_warnings(train.get("epochs"), train.get("epochs_planned"), train.get("stopped_early"),
+                           compress.get("psnr"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -53,6 +53,10 @@ class RunPaths:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    def progress(self, stage: str) -> Path:
+        """The newest progress record of `stage`'s job (nervi_hpc.progress)."""
+        return self.logs / f"progress-{stage}.json"
+
     @property
     def manifest_lock(self) -> Path:
         return self.root / ".manifest.lock"

@@ -60,6 +60,7 @@ class Resources:
     partition: str | None
     qos: str | None
     constraint: str | None
+    setup: tuple[str, ...] = ()
 
     @property
     def tasks(self) -> int:
@@ -74,18 +75,25 @@ class Resources:
 def stage_resources(profile: Profile, stage: str, machine_gpus: int = 0) -> Resources:
     """The profile's resources for `stage`: training takes them as given; ingest defaults to one
     task on one node without GPUs, compress to one task with at most one GPU; then the
-    profile's `stages.<stage>` overrides apply. `machine_gpus` resolves `gpus_per_node: auto`."""
+    profile's `stages.<stage>` overrides apply: a stage on another partition drops the
+    profile's constraint, and a stage's `setup` replaces the profile's. `machine_gpus`
+    resolves `gpus_per_node: auto`."""
     gpus = machine_gpus if profile.gpus_per_node == "auto" else profile.gpus_per_node
     values = dict(nodes=profile.nodes, tasks_per_node=profile.tasks_per_node, cpus_per_task=profile.cpus_per_task,
                   gpus_per_node=gpus, mem_gb=profile.mem_gb, time_min=profile.time_min,
-                  partition=profile.partition, qos=profile.qos, constraint=profile.constraint)
+                  partition=profile.partition, qos=profile.qos, constraint=profile.constraint,
+                  setup=tuple(profile.setup))
     if stage == "ingest":
         values.update(nodes=1, tasks_per_node=1, gpus_per_node=0)
     elif stage == "compress":
         values.update(nodes=1, tasks_per_node=1, gpus_per_node=min(gpus, 1))
     overrides = profile.stages.get(stage)
     if overrides is not None:
-        values.update({k: v for k, v in dataclasses.asdict(overrides).items() if v is not None})
+        given = {k: v for k, v in dataclasses.asdict(overrides).items() if v is not None}
+        if given.get("partition", profile.partition) != profile.partition:
+            values["constraint"] = None
+        values.update(given)
+        values["setup"] = tuple(values["setup"])
     return Resources(**values)
 
 
@@ -125,7 +133,7 @@ def slurm_parameters(profile: Profile, stage: str, res: Resources, job_name: str
                   cpus_per_task=res.cpus_per_task, gpus_per_node=res.gpus_per_node or None,
                   mem=f"{max(1, round(res.mem_gb * 1024))}MB", time=res.time_min,
                   signal_delay_s=profile.signal_delay_s, stderr_to_stdout=True, dependency=dependency,
-                  setup=list(profile.setup) or None,
+                  setup=list(res.setup) or None,
                   additional_parameters={"kill-on-invalid-dep": "yes", **profile.sbatch})
     if stage == "ingest" and res.tasks > 1:
         params["srun_args"] = [f"--mpi={profile.mpi}"]
@@ -136,8 +144,8 @@ def local_parameters(profile: Profile, res: Resources) -> dict:
     """LocalExecutor parameters of one stage's job (GPUs 0..n-1 visible, none when n = 0)."""
     params = dict(tasks_per_node=res.tasks_per_node, gpus_per_node=res.gpus_per_node, timeout_min=res.time_min,
                   signal_delay_s=profile.signal_delay_s, stderr_to_stdout=True)
-    if profile.setup:
-        params["setup"] = list(profile.setup)
+    if res.setup:
+        params["setup"] = list(res.setup)
     return params
 
 
@@ -155,12 +163,14 @@ def _job_name(paths: RunPaths, stage: str) -> str:
 
 @dataclass
 class Submission:
-    """What `submit` did: the run, whether it is new, and the stages it queued now."""
+    """What `submit` did: the run, whether it is new, the stages it queued now, and what the
+    check of the spec found (`preflight`)."""
 
     paths: RunPaths
     manifest: Manifest
     created: bool
     launched: list[str]
+    checked: str = ""
 
     def summary(self) -> str:
         run = self.paths.root.name
@@ -179,29 +189,94 @@ def submit(spec_path: str | os.PathLike, cluster: ClusterConfig, profile_name: s
     live or done, else resubmits the unfinished stages of its newest failed or cancelled run
     (they resume from what is on disk). Submissions of one spec are serialised by a lock, so
     concurrent submits never make two runs or mix their jobs."""
-    spec, profile_name, profile, resources, digest, storage, key = _request(spec_path, cluster, profile_name)
+    spec, profile_name, profile, resources, digest, storage, key, checked = _request(spec_path, cluster, profile_name)
     with manifest.locked(storage.submit_lock(key)):
         runs = [] if new else _runs_of(storage, key, digest)
         live = [(paths, m) for paths, m in runs if m.state not in ("failed", "cancelled")]
         if live:
-            return Submission(live[-1][0], live[-1][1], created=False, launched=[])
+            return Submission(live[-1][0], live[-1][1], created=False, launched=[], checked=checked)
         if runs:
             paths, created = runs[-1][0], False
         else:
             paths, created = _create_run(storage, key, spec, digest, profile_name, profile), True
         launched = _launch(paths, profile_name, profile, resources)
-        return Submission(paths, manifest.read(paths), created, launched)
+        return Submission(paths, manifest.read(paths), created, launched, checked)
 
 
 def _request(spec_path, cluster: ClusterConfig, profile_name: str | None):
     """What a submission is about: spec, profile (name, settings, per-stage resources), the spec's
-    digest, the storage, and the run-id key `<name>-<digest[:8]>`."""
+    digest, the storage, and the run-id key `<name>-<digest[:8]>`. The source is opened and the
+    model sized first (`preflight`), so a bad path or budget fails here, not in a queued job."""
     spec = load_dataset(spec_path)
     profile_name = profile_name or cluster.default_profile
     profile = cluster.profile(profile_name)
+    resources = plan(profile, profile_name)
+    checked = preflight(spec, spec_path)
     digest = manifest.spec_digest(spec)
-    return (spec, profile_name, profile, plan(profile, profile_name), digest,
-            StoragePaths(Path(cluster.storage_root).resolve()), f"{spec.name}-{digest[:8]}")
+    return (spec, profile_name, profile, resources, digest,
+            StoragePaths(Path(cluster.storage_root).resolve()), f"{spec.name}-{digest[:8]}", checked)
+
+
+def preflight(spec, spec_path) -> str:
+    """Open the spec's source (its listing and first image) and size its model as the train job
+    will; return one line saying what will be trained. A source that cannot be read or a
+    `target_cr` no model fits raises, naming the spec (and for the budget, a value that fits)."""
+    import numpy as np
+
+    from .model import DEFAULT_TARGET_CR, ModelError, count_parameters, model_config
+    from .sources import open_source
+
+    try:
+        source = open_source(spec.source)
+    except NerviError as e:
+        raise type(e)(f"{spec_path}: source: {e}") from None
+    height, width = source.size
+    grids = {name: np.unique(source.params[:, j]).tolist() for j, name in enumerate(source.names)}
+
+    def config(section):
+        return model_config(section, height, width, count=len(source), grids=grids)
+
+    try:
+        mcfg = config(spec.model)
+    except ModelError as e:
+        sized = "target_cr" in spec.model or not {"preset", "c1", "c2"} & spec.model.keys()
+        target = spec.model.get("target_cr", DEFAULT_TARGET_CR)
+        if not (sized and isinstance(target, (int, float)) and target > 1
+                and _fits(config, {**spec.model, "target_cr": 1.01})):
+            raise ModelError(f"{spec_path}: {e}") from None  # the section itself is wrong, not the budget
+        fits = _largest_fitting(lambda cr: _fits(config, {**spec.model, "target_cr": cr}), 1.01, float(target))
+        raise ModelError(f"{spec_path}: model.target_cr: {target:g} is out of reach for {len(source)} images of "
+                         f"{width}×{height} (even the smallest model is larger); target_cr {fits:g} fits") from None
+    import torch
+
+    from .model import NeRVI
+
+    with torch.device("meta"):
+        parameters = count_parameters(NeRVI(mcfg, height, width, len(source.names)))
+    return (f"{spec_path}: {len(source)} images of {width}×{height} ({source.description}); "
+            f"model c1={mcfg.c1} c2={mcfg.c2}, {parameters:,} parameters")
+
+
+def _fits(config, section) -> bool:
+    from .model import ModelError
+
+    try:
+        config(section)
+    except ModelError:
+        return False
+    return True
+
+
+def _largest_fitting(fits, low: float, high: float) -> float:
+    """The largest target_cr in [low, high), rounded down to two significant digits, for which
+    `fits` (monotone: a lower ratio means a larger budget) holds; `fits(low)` must hold."""
+    import math
+
+    for _ in range(30):  # bisect in log space: the answer may be 1.5 or 5000
+        middle = math.sqrt(low * high)
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    digits = 10 ** (math.floor(math.log10(low)) - 1)
+    return max(math.floor(low / digits) * digits, 1.01)
 
 
 def _runs_of(storage: StoragePaths, key: str, digest: str) -> list[tuple[RunPaths, Manifest]]:
@@ -232,12 +307,40 @@ def _create_run(storage: StoragePaths, key: str, spec, digest: str, profile_name
     return paths
 
 
-def _launch(paths: RunPaths, profile_name: str, profile: Profile, resources: dict[str, Resources]) -> list[str]:
-    """Queue every stage not done yet (Slurm: chained jobs; local: the driver). A refused
-    submission fails the run with sbatch's reason (so the same spec can be submitted again)."""
+def resume(paths: RunPaths, cluster: ClusterConfig, max_minutes: float | None = None) -> Submission:
+    """Continue a run that ended: queue its unfinished stages again (they resume from what is on
+    disk); with `max_minutes`, the run's new total training budget, train on and compress again."""
+    m = manifest.read(paths)
+    run = paths.root.name
+    if not m.terminal:
+        raise RunError(f"{run}: {m.state}; it is still going (nervi-hpc watch {run})")
+    train = m.stages["train"].figures
+    trained = (train.get("seconds") or 0.0) / 60
+    if max_minutes is None and m.state == "done":
+        raise RunError(f"{run}: done; to train on give --max-minutes M, the run's total training time "
+                       f"(it has trained {trained:.1f} min)")
+    if max_minutes is not None and max_minutes <= trained:
+        raise RunError(f"{run}: --max-minutes {max_minutes:g} is the run's total training time, and it has "
+                       f"trained {trained:.1f} min already; give more")
+    if max_minutes is not None and train and not train.get("stopped_early"):
+        raise RunError(f"{run}: training ran all its {train.get('epochs')} epochs; more minutes would not "
+                       f"change it (submit a spec with more train.epochs)")
+    profile = cluster.profile(m.profile)
+    redo = ("train", "compress") if max_minutes is not None else ()
+    launched = _launch(paths, m.profile, profile, plan(profile, m.profile), redo=redo, train_minutes=max_minutes)
+    return Submission(paths, manifest.read(paths), created=False, launched=launched)
+
+
+def _launch(paths: RunPaths, profile_name: str, profile: Profile, resources: dict[str, Resources], *,
+            redo: tuple[str, ...] = (), train_minutes: float | None = None) -> list[str]:
+    """Queue every stage not done yet, and those in `redo` (Slurm: chained jobs; local: the
+    driver). A refused submission fails the run with sbatch's reason (so the same spec can be
+    submitted again)."""
 
     def launch(m: Manifest) -> tuple[list[str], str | None]:
-        todo = [s for s in STAGES if m.stages[s].state != "done"]
+        todo = [s for s in STAGES if m.stages[s].state != "done" or s in redo]
+        if train_minutes is not None:
+            m.train_minutes = train_minutes
         m.profile, m.executor = profile_name, profile.executor
         for stage in todo:
             m.stages[stage] = manifest.StageState()
@@ -524,10 +627,11 @@ def dry_run(spec_path: str | os.PathLike, cluster: ClusterConfig, profile_name: 
     each stage (Slurm), or each stage's local job."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    _, profile_name, profile, resources, _, storage, key = _request(spec_path, cluster, profile_name)
+    _, profile_name, profile, resources, _, storage, key, checked = _request(spec_path, cluster, profile_name)
     paths = storage.run(key)
     command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(paths.jobs))}"
-    parts = [f"# {spec_path}: run {paths.root.name} on profile {profile_name!r} ({profile.executor})"]
+    parts = [f"# {spec_path}: run {paths.root.name} on profile {profile_name!r} ({profile.executor})",
+             f"# checked {checked}"]
     for number, stage in enumerate(STAGES):
         res = resources[stage]
         parts.append(f"\n# ---- {stage}: {res.describe()}")
@@ -539,7 +643,7 @@ def dry_run(spec_path: str | os.PathLike, cluster: ClusterConfig, profile_name: 
             after = f", after {STAGES[number - 1]} is done" if number else ""
             gpus = ",".join(map(str, range(res.gpus_per_node)))
             parts.append(f"# local job{after}: {res.tasks_per_node} task(s), CUDA_VISIBLE_DEVICES='{gpus}'\n"
-                         + "\n".join(profile.setup + [command]))
+                         + "\n".join([*res.setup, command]))
     return "\n".join(parts) + "\n"
 
 

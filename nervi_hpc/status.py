@@ -8,6 +8,7 @@ table of its stages; `runs_table` renders many runs as one table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -18,10 +19,11 @@ from typing import Any
 
 from rich import box
 from rich.console import Group
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from . import atomic, manifest
+from . import atomic, manifest, progress
 from .config import STAGES, load_dataset
 from .errors import ArchiveError, ConfigError
 from .manifest import Manifest, RunError
@@ -54,9 +56,9 @@ class Training:
         return min(max(by_epochs, by_time), 1.0)
 
 
-def training_progress(paths: RunPaths) -> Training | None:
-    """The last epoch record of logs/metrics.jsonl, with the ETA capped by the spec's
-    max_minutes budget; None before the first epoch."""
+def training_progress(paths: RunPaths, budget_minutes: float | None = None) -> Training | None:
+    """The last epoch record of logs/metrics.jsonl, with the ETA capped by the time budget
+    (`budget_minutes`, else the spec's max_minutes); None before the first epoch."""
     try:
         with open(paths.metrics, "rb") as f:
             f.seek(0, 2)
@@ -75,7 +77,8 @@ def training_progress(paths: RunPaths) -> Training | None:
     if not records:
         return None
     last = records[-1]
-    eta, elapsed, budget = _finite(last.get("eta_s")), _finite(last.get("elapsed_s")), _budget_s(paths)
+    budget = 60 * budget_minutes if budget_minutes is not None else _budget_s(paths)
+    eta, elapsed = _finite(last.get("eta_s")), _finite(last.get("elapsed_s"))
     if budget is not None and elapsed is not None:
         left = max(budget - elapsed, 0.0)
         eta = left if eta is None else min(eta, left)
@@ -122,12 +125,22 @@ class RunView:
         verdict = self.verdicts.get(record.job_id or "")
         return verdict.detail if verdict is not None and not record.terminal else ""
 
+    def progress(self, stage: str) -> dict | None:
+        """The running stage's newest progress record from this run of it (none older)."""
+        record = self.manifest.stages[stage]
+        if record.state != "running":
+            return None
+        return progress.read(self.paths.progress(stage), since=record.started)
+
     def details(self, stage: str) -> str:
         """A stage's key figures: images and shards; epoch, loss, PSNR, ETA; archive size, CR, PSNR."""
         record = self.manifest.stages[stage]
         f = record.figures
         if record.state == "failed" or record.state == "cancelled":
             return record.reason or ""
+        now = self.progress(stage)
+        if stage == "ingest" and now and "images" in now:
+            return f"{now['images']}/{now['total']} images written"
         if stage == "ingest" and f:
             return f"{f['images']} images, {_count(f['shards'], 'shard')}, {human_bytes(f['stored_bytes'])}"
         if stage == "train" and (record.state == "running" or f):
@@ -159,16 +172,30 @@ class RunView:
                           self.details(stage))
         return table
 
+    @property
+    def warnings(self) -> list[str]:
+        return manifest.run_warnings(self.manifest)
+
     def __rich__(self):
         parts = [self.stage_table()]
         if self.manifest.reason:
             parts.append(Text(f"{self.manifest.state}: {self.manifest.reason}", style=STATE_STYLES[self.manifest.state]))
+        parts += [Text(f"warning: {warning}", style="yellow") for warning in self.warnings]
         return Group(*parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as `status --json` prints it: the manifest, training progress, warnings."""
+        t = self.training
+        return {"run": self.run_id, "path": str(self.paths.root), "state": self.manifest.state,
+                "stage": self.manifest.active_stage, "reason": self.manifest.reason, "warnings": self.warnings,
+                "training": None if t is None else {**dataclasses.asdict(t), "fraction": t.fraction},
+                "scheduler": {stage: self.scheduler_says(stage) for stage in STAGES if self.scheduler_says(stage)},
+                "manifest": self.manifest.to_json()}
 
 
 def snapshot(runs: list[RunPaths]) -> list[RunView]:
     """Views of `runs`, refreshed against the scheduler."""
-    return [RunView(paths, m, verdicts, training_progress(paths))
+    return [RunView(paths, m, verdicts, training_progress(paths, m.train_minutes))
             for paths, (m, verdicts) in zip(runs, refresh(runs))]
 
 
@@ -176,27 +203,73 @@ def all_runs(storage: StoragePaths) -> list[RunPaths]:
     return [storage.run(run_id) for run_id in manifest.run_ids(storage)]
 
 
-def runs_table(views: list[RunView], title: str | None = None) -> Table:
+def runs_table(views: list[RunView], title: str | None = None) -> "RunsTable":
     """One row per run, newest first: state, active stage, training progress, archive figures."""
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    widest = max((len(v.run_id) for v in views), default=3)
-    for column in ("run", "state", "stage", "training", "PSNR", "archive", "CR", "created"):
-        table.add_column(column, justify="right" if column in ("PSNR", "CR") else "left", no_wrap=True,
-                         min_width=widest if column == "run" else None)
-    for view in reversed(views):
-        m, t = view.manifest, view.training
-        archive = m.stages["compress"].figures
-        psnr = archive.get("psnr") if archive else (t.psnr if t else None)
-        training = ""
-        if t is not None:
-            training = f"{t.fraction:.0%}"
-            if m.stages["train"].state == "running" and t.eta_s is not None:
-                training += f" ETA {human_duration(t.eta_s)}"
-        stage = m.active_stage or next((s for s in STAGES if m.stages[s].state == m.state != "done"), "")
-        table.add_row(view.run_id, styled_state(m.state), stage, training, _show(psnr, ".2f"),
-                      human_bytes(archive["bytes"]) if archive else "",
-                      f"{archive['compression_ratio']:.1f}" if archive else "", _when(m.created))
-    return table
+    return RunsTable(views, title)
+
+
+@dataclass
+class RunsTable:
+    """The runs table, laid out for the width it is drawn at: every figure is shown whole, and
+    run ids that do not fit are cut to a unique prefix (what `status PREFIX` accepts) + "…"."""
+
+    views: list[RunView]
+    title: str | None = None
+
+    COLUMNS = ("run", "state", "stage", "training", "PSNR", "archive", "CR", "created")
+
+    def rows(self) -> list[list[Text]]:
+        rows = []
+        for view in reversed(self.views):
+            m, t = view.manifest, view.training
+            archive = m.stages["compress"].figures
+            psnr = archive.get("psnr") if archive else (t.psnr if t else None)
+            training = ""
+            if t is not None and m.stages["train"].state == "running":
+                training = f"{t.fraction:.0%}" + (f" ETA {human_duration(t.eta_s)}" if t.eta_s is not None else "")
+            elif t is not None:  # ended: the epochs it reached, not the time budget it used up
+                training = f"{t.epoch}/{t.epochs} ep"
+            stage = m.active_stage or next((s for s in STAGES if m.stages[s].state == m.state != "done"), "")
+            state = styled_state(m.state)
+            if view.warnings:
+                state.append(" ⚠", style="yellow")
+            rows.append([Text(view.run_id), state, Text(stage), Text(training), Text(_show(psnr, ".2f")),
+                         Text(human_bytes(archive["bytes"]) if archive else ""),
+                         Text(f"{archive['compression_ratio']:.1f}" if archive else ""), Text(_when(m.created))])
+        return rows
+
+    def table(self, ids: list[str], rows: list[list[Text]]) -> Table:
+        table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD)
+        for name in self.COLUMNS:
+            table.add_column(name, justify="right" if name in ("PSNR", "CR") else "left", no_wrap=True)
+        for row, run_id in zip(rows, ids):
+            table.add_row(Text(run_id), *row[1:])
+        return table
+
+    def __rich_console__(self, console, options):
+        rows = self.rows()
+        ids = [row[0].plain for row in rows]
+        natural = Measurement.get(console, options.update(max_width=10**4), self.table(ids, rows)).maximum
+        too_wide = natural - options.max_width
+        if too_wide > 0:
+            widest = max(len(run_id) for run_id in ids)
+            ids = short_ids(ids, max(widest - too_wide, max(len("run"), 8)))
+        yield self.table(ids, rows)
+
+
+def short_ids(ids: list[str], width: int) -> list[str]:
+    """Each id, or when longer than `width` its shortest unique prefix of at least width - 1
+    characters followed by "…"."""
+    shortened = []
+    for run_id in ids:
+        if len(run_id) <= width:
+            shortened.append(run_id)
+            continue
+        length = width - 1
+        while length < len(run_id) and sum(other.startswith(run_id[:length]) for other in ids) > 1:
+            length += 1
+        shortened.append(run_id if length >= len(run_id) else run_id[:length] + "…")
+    return shortened
 
 
 def _when(stamp: float) -> str:
@@ -282,9 +355,10 @@ def tail(path: Path, lines: int) -> list[str]:
 
 
 def fetch(paths: RunPaths, dest: str | Path, *, force: bool = False) -> list[Path]:
-    """Copy a finished run's archive (checked against the sha256 recorded when it was written),
-    summary.json, summary.md and contact sheet into the folder `dest`. Refuses to overwrite an
-    existing file unless `force`."""
+    """Copy a finished run's archive X.nervi (checked against the sha256 recorded when it was
+    written) and its report as X.summary.json, X.summary.md and X.contact.png into the folder
+    `dest` (named after the archive, so several runs can share one folder). Refuses to overwrite
+    an existing file unless `force`."""
     m = manifest.read(paths)
     figures = m.stages["compress"].figures
     if m.stages["compress"].state != "done" or not figures:
@@ -294,7 +368,7 @@ def fetch(paths: RunPaths, dest: str | Path, *, force: bool = False) -> list[Pat
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise RunError(f"{dest}: not a folder; fetch writes the archive and its report into a folder")
-    targets = [dest / source.name for source in sources]
+    targets = [dest / archive.name] + [dest / f"{archive.stem}.{source.name}" for source in sources[1:]]
     missing = [str(s) for s in sources if not s.is_file()]
     if missing:
         raise RunError(f"{missing[0]}: missing from the finished run")

@@ -27,6 +27,7 @@ from .data import RenderDataset, ResidentBatches, ShardAwareSampler, fits_reside
 from .loss import loss_for, psnr
 from .model import ModelConfig, NeRVI, composite, count_parameters, model_config
 from .paths import RunPaths
+from .progress import ProgressLog
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,8 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
 
     log = MetricsLog(paths.metrics) if env.is_main else None
     bar = _ProgressBar(progress and env.is_main, cfg.epochs, epoch)
+    lines = ProgressLog("train", paths.progress("train"), enabled=env.is_main and not progress)
+    budget_s = 60 * max_minutes if max_minutes else None
     started = time.monotonic() - trained_seconds
     last_checkpoint = time.monotonic()
     images_seen, clock = 0, time.monotonic()
@@ -283,8 +286,11 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
         if env.is_main:
             log.write(epoch=epoch, step=step, loss=loss_value, psnr=psnr_value,
                       lr=optimizer.param_groups[0]["lr"], images_per_s=rate, eta_s=eta,
-                      elapsed_s=trained_seconds, epochs=cfg.epochs)
+                      elapsed_s=trained_seconds, epochs=cfg.epochs, budget_s=budget_s)
             bar.update(epoch, loss_value, psnr_value, rate, eta)
+            lines(epoch=epoch, epochs=cfg.epochs, loss=loss_value, psnr=psnr_value, images_per_s=rate,
+                  elapsed_s=trained_seconds, budget_s=budget_s,
+                  eta_s=eta if budget_s is None else min(eta, max(budget_s - trained_seconds, 0.0)))
         if cfg.until_gain_db and cooldown is None and not stopped:
             history.append((budget_seconds(time.monotonic()), psnr_value))
             # cool down only when every rank sees the plateau (their PSNRs are of different batches)

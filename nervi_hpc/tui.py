@@ -12,6 +12,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from . import progress
 from .manifest import RunError
 from .paths import StoragePaths
 from .status import RunView, all_runs, human_duration, log_path, runs_table, snapshot, styled_state, tail
@@ -63,6 +64,10 @@ def _focus_panel(view: RunView, log_lines: int) -> Panel:
         bar.add_row(Text("train"), ProgressBar(total=1000, completed=round(1000 * training.fraction), width=40),
                     Text(f"{training.fraction:.0%} · " + " · ".join(said)))
         body.append(bar)
+    stage = view.manifest.active_stage
+    now = view.progress(stage) if stage else None
+    if now is not None:  # the figures are in the table above; the record adds where and how much memory
+        body.append(Text(f"{stage} runs on {progress.where(now)}", style="dim"))
     try:
         path = log_path(view.paths, view.manifest)
     except RunError:

@@ -118,7 +118,7 @@ def test_all_to_a_renders_store(decoder, archive, tmp_path):
 def test_one_png_holds_one_image(decoder, tmp_path):
     write_outputs(decoder, np.array([[0.0, 60.0, 0.0]]), tmp_path / "one.png", progress=False)
     assert np.asarray(Image.open(tmp_path / "one.png")).shape == (16, 16, 3)
-    with pytest.raises(ParameterError, match="one PNG file holds one image, but 16"):
+    with pytest.raises(ParameterError, match="one image file holds one image, but 16"):
         write_outputs(decoder, decoder.grid(), tmp_path / "many.png", progress=False)
 
 

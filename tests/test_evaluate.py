@@ -68,7 +68,7 @@ def test_summary_json_schema(report, run, archive):
     summary = strict_json(run / "eval" / "summary.json")
     assert summary == report.figures
     assert set(summary) == {"schema_version", "producer", "archive", "store", "compression_ratio", "psnr_db",
-                            "foreground_psnr_db", "ms_ssim", "lpips", "timing", "contact_sheet_rows", "files"}
+                            "foreground_psnr_db", "ms_ssim", "lpips", "timing", "contact_sheet_rows", "files", "warnings"}
     assert summary["schema_version"] == 1
     assert set(summary["archive"]) == {"path", "bytes", "bits", "parameters", "bits_per_parameter"}
     assert set(summary["store"]) == {"path", "images", "height", "width", "raw_bytes"}

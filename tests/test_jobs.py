@@ -129,7 +129,7 @@ def test_same_spec_returns_its_run_unless_new(finished):
 def test_fetch_verifies_the_archive_and_refuses_to_overwrite(finished, tmp_path):
     paths, _, _ = finished
     written = fetch(paths, tmp_path / "out")
-    assert [p.name for p in written] == ["tiny.nervi", "summary.json", "summary.md", "contact.png"]
+    assert [p.name for p in written] == ["tiny.nervi", "tiny.summary.json", "tiny.summary.md", "tiny.contact.png"]
     m = manifest.read(paths)
     assert written[0].read_bytes() == (paths.root / m.stages["compress"].figures["archive"]).read_bytes()
     with pytest.raises(RunError, match="tiny.nervi: exists; not overwriting it"):

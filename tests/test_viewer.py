@@ -256,7 +256,7 @@ def raw_request(base, method, path):
 FRAME = "/api/archives/tiny/frame?"
 BAD_REQUESTS = [
     ("GET", "/api/archives/nope/frame?t=0&theta=30&phi=0", 404, "unknown archive 'nope'"),
-    ("GET", FRAME + "t=0&theta=30&phi=999", 400, "phi=999 is outside the trained range [0, 270]"),
+    ("GET", FRAME + "t=0&theta=999&phi=0", 400, "theta=999 is outside the trained range [30, 120]"),
     ("GET", FRAME + "t=0&theta=30", 400, "missing parameter 'phi'"),
     ("GET", FRAME + "t=0&theta=30&phi=0&zeta=1", 400, "unknown parameter 'zeta'"),
     ("GET", FRAME + "t=0&theta=30&phi=abc", 400, "phi='abc' is not a number"),

@@ -170,9 +170,11 @@ def browser(tmp_path):
 
 
 @pytest.fixture
-def page(browser, archive):
-    """The viewer page of `archive`, loaded and showing its first frame."""
-    viewer = Viewer([archive], device="cpu")
+def page(browser, archive, request):
+    """The viewer page of `archive` (with its store as ground truth when the test is marked
+    `truth`), loaded and showing its first frame."""
+    store = archive.parent.parent / "renders.zarr" if request.node.get_closest_marker("truth") else None
+    viewer = Viewer([archive], device="cpu", store=store)
     server, base = serve_in_thread(viewer)
     browser.page("Page.navigate", url=f"{base}/")
     browser.wait_for(f"{FRAMES_SHOWN} >= 1")
@@ -193,9 +195,9 @@ SHOWN_PIXELS = """(() => {
 })()"""
 
 
-def shown(browser) -> tuple[tuple[float, ...], np.ndarray]:
-    """(parameter row, RGB pixels) of the frame on screen."""
-    key, rgba = browser.evaluate(SHOWN_PIXELS)
+def shown(browser, element: str = "frame") -> tuple[tuple[float, ...], np.ndarray]:
+    """(parameter row, RGB pixels) of the frame on screen (or of the image beside it)."""
+    key, rgba = browser.evaluate(SHOWN_PIXELS.replace("'frame'", repr(element)))
     row = tuple(float(v) for v in key.split("|")[1].split(","))
     image = np.array(rgba, dtype=np.uint8).reshape(16, 16, 4)
     return row, image[..., :3]
@@ -253,4 +255,87 @@ def test_slider_keys_and_play_change_the_decoded_image(page, archive, tmp_path):
     browser.screenshot(tmp_path / "viewer.png")
     assert (tmp_path / "viewer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert viewer.archives["tiny"].frames.stats.hits > 0  # playing hit prefetched frames
+    assert browser.errors == []
+
+
+def drag(browser, dx: float, dy: float) -> None:
+    """Press on the middle of the image, move by (dx, dy) in a few moves, release."""
+    x, y = browser.evaluate("(() => { const r = document.getElementById('canvas').getBoundingClientRect();"
+                            " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+    browser.page("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+    browser.page("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", clickCount=1)
+    for k in range(1, 5):
+        browser.page("Input.dispatchMouseEvent", type="mouseMoved", x=x + dx * k / 4, y=y + dy * k / 4,
+                     button="left", buttons=1)
+    browser.page("Input.dispatchMouseEvent", type="mouseReleased", x=x + dx, y=y + dy, button="left", clickCount=1)
+
+
+KEY = "document.getElementById('frame').dataset.key"
+
+
+def test_orbit_by_drag_phi_wraps_mask_save_and_a_shareable_view(page, archive):
+    browser, _ = page
+    decoder = Decoder.open(archive, device="cpu")
+    assert browser.evaluate(KEY).endswith(",60,90")
+    drag(browser, 48, 0)  # two grid steps of phi (24 px each)
+    browser.wait_for(f"{KEY}.endsWith(',60,270')")
+    drag(browser, 48, 24)  # round the orbit: 270 → 0 → 90; and theta one step down
+    browser.wait_for(f"{KEY}.endsWith(',90,90')")
+    assert_decoder_pixels(browser, decoder)
+
+    browser.press("ArrowDown", 40)  # t → theta → phi: the arrow keys on phi wrap round too
+    browser.press("ArrowDown", 40)
+    browser.press("ArrowLeft", 37)
+    browser.press("ArrowLeft", 37)
+    browser.wait_for(f"{KEY}.endsWith(',90,270')")
+
+    browser.click(*browser.evaluate("(() => { const r = document.getElementById('mask').getBoundingClientRect();"
+                                    " return [r.left + r.width / 2, r.top + r.height / 2]; })()"))
+    browser.wait_for(f"{KEY}.endsWith(',90,270|mask')")
+    _, image = shown(browser)
+    _, masks = decoder.decode_with_masks(np.array([[0.0, 90.0, 270.0]]))
+    assert np.array_equal(image[..., 0], masks[0] * 255)
+
+    save = browser.evaluate("(() => { const a = document.getElementById('save'); return [a.download, a.href]; })()")
+    assert save[0] == "tiny_t0_theta90_phi270_mask.png" and save[1].startswith("blob:")
+    assert browser.evaluate("location.hash") == "#archive=tiny&t=0&theta=90&phi=270&mask=1"
+
+    shared = browser.evaluate("location.origin") + "/#archive=tiny&t=0&theta=120&phi=180"
+    browser.page("Page.navigate", url="about:blank")
+    browser.page("Page.navigate", url=shared)
+    browser.wait_for(f"document.getElementById('frame')?.dataset.key?.endsWith(',120,180')")
+    assert not browser.evaluate("document.getElementById('mask').checked")
+    assert browser.errors == []
+
+
+def test_quick_play_pause_play_plays_at_the_chosen_rate(page):
+    browser, _ = page
+    browser.evaluate("document.getElementById('fps').value = '2'")
+    before = browser.evaluate(FRAMES_SHOWN)
+    browser.evaluate("(() => { const b = document.getElementById('play'); b.click(); b.click(); b.click(); })()")
+    time.sleep(3)
+    played = browser.evaluate(FRAMES_SHOWN) - before
+    browser.evaluate("document.getElementById('play').click()")
+    assert 4 <= played <= 8, played  # 2 frames/s for 3 s (one loop, not two)
+    assert browser.errors == []
+
+
+@pytest.mark.truth
+def test_ground_truth_and_delta_e_beside_the_decoded_view(page, archive):
+    from nervi_hpc.evaluate import DELTA_E_SCALE, colour_map, delta_e_uv
+    from nervi_hpc.store import RenderStore
+
+    browser, viewer = page
+    decoder = Decoder.open(archive, device="cpu")
+    store = RenderStore.open(archive.parent.parent / "renders.zarr")
+    row = assert_decoder_pixels(browser, decoder)
+    truth = store.read([store.params.tolist().index(list(row))])[0][0]
+    assert not browser.evaluate("document.getElementById('compare').hidden")
+    for layer, expected in (("truth", truth),
+                            ("delta", colour_map(delta_e_uv(truth, decoder.decode(np.array([row]))[0]) / DELTA_E_SCALE))):
+        browser.evaluate(f"(() => {{ const s = document.getElementById('compare'); s.value = '{layer}';"
+                         " s.dispatchEvent(new Event('change')); })()")
+        browser.wait_for(f"document.getElementById('compared').dataset.key?.endsWith('|{layer}')"
+                         " && !document.getElementById('compared').hidden")
+        assert np.array_equal(shown(browser, "compared")[1], expected), layer
     assert browser.errors == []

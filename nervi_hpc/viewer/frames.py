@@ -21,15 +21,21 @@ import numpy as np
 from PIL import Image
 
 from ..decode import Decoder, ParameterError
+from ..evaluate import DELTA_E_SCALE, colour_map, delta_e_uv
+from ..store import RenderStore
 
 FORMATS = {"png": "image/png", "webp": "image/webp"}
+# the decoded RGB image, its foreground mask (white on black), and with a renders store the
+# ground truth and the ΔE*uv map between the two (evaluate's colours, 0..DELTA_E_SCALE)
+LAYERS = ("image", "mask", "truth", "delta")
+COMPARED = ("truth", "delta")
 ENCODERS = {"png": {"format": "PNG", "compress_level": 1},  # fastest levels: this runs per frame
             "webp": {"format": "WEBP", "lossless": True, "quality": 0, "method": 0}}
 DEFAULT_CACHE_BYTES = 256 << 20
 PREFETCH_QUEUE = 64          # prefetch hints kept; older ones are dropped
 PLAY_AHEAD = 6               # frames prefetched ahead along the parameter being played
 
-Key = tuple[tuple[float, ...], str]
+Key = tuple[tuple[float, ...], str, str]  # (row, format, layer)
 
 
 @dataclass(frozen=True)
@@ -104,8 +110,10 @@ class FrameService:
     """Frames of one decoder's archive; see the module docstring. Call `close()` when done."""
 
     def __init__(self, decoder: Decoder, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 prefetch_batch: int | None = None):
+                 prefetch_batch: int | None = None, truth: RenderStore | None = None):
         self.decoder = decoder
+        self.truth = truth
+        self._truth_rows = None if truth is None else {tuple(row): i for i, row in enumerate(truth.params.tolist())}
         self.cache = FrameCache(cache_bytes)
         self.stats = Stats()
         self.prefetch_batch = prefetch_batch or (decoder.batch_size if decoder.cuda else 1)
@@ -123,10 +131,10 @@ class FrameService:
     # ------------------------------------------------------------------------------------------
     # Public side
 
-    def frame(self, row: Sequence[float], fmt: str = "png") -> tuple[Frame, bool]:
+    def frame(self, row: Sequence[float], fmt: str = "png", layer: str = "image") -> tuple[Frame, bool]:
         """(frame, True when it came from the cache) for one parameter row; ParameterError for a
-        row outside the trained range or an unknown format."""
-        key = self._key(row, fmt)
+        row outside the trained range or an unknown format or layer."""
+        key = self._key(row, fmt, layer)
         with self._lock:
             self.stats.requests += 1
             cached = self.cache.get(key)
@@ -146,9 +154,9 @@ class FrameService:
             raise job.error
         return job.frame, False
 
-    def prefetch(self, rows: Iterable[Sequence[float]], fmt: str = "png") -> None:
+    def prefetch(self, rows: Iterable[Sequence[float]], fmt: str = "png", layer: str = "image") -> None:
         """Make these frames in the background when nothing else waits (nearest first)."""
-        keys = [self._key(row, fmt) for row in rows]
+        keys = [self._key(row, fmt, layer) for row in rows]
         with self._lock:
             for key in keys:
                 if key in self.cache or key in self._jobs:
@@ -182,12 +190,19 @@ class FrameService:
             self._lock.notify_all()
         self._worker.join(timeout=5)
 
-    def _key(self, row: Sequence[float], fmt: str) -> Key:
+    def _key(self, row: Sequence[float], fmt: str, layer: str) -> Key:
         if fmt not in FORMATS:
             raise ParameterError(f"format={fmt[:20]!r}: expected one of {', '.join(FORMATS)}")
+        if layer not in LAYERS:
+            raise ParameterError(f"layer={layer[:20]!r}: expected one of {', '.join(LAYERS)}")
         values = tuple(float(v) for v in row)
         self.unseen(values)  # range check in the caller's thread: its error is the caller's
-        return values, fmt
+        if layer in COMPARED and self._truth_rows is None:
+            raise ParameterError(f"layer={layer}: no ground truth here (start the viewer with --store RENDERS)")
+        if layer in COMPARED and values not in self._truth_rows:
+            raise ParameterError(f"layer={layer}: no ground truth at {self.decoder.describe(values)} "
+                                 f"(not one of the store's images)")
+        return values, fmt, layer
 
     # ------------------------------------------------------------------------------------------
     # Worker side
@@ -236,15 +251,21 @@ class FrameService:
         return keys, source is self._hinted
 
     def _make(self, keys: list[Key]) -> dict[Key, Frame]:
-        rows = list(dict.fromkeys(values for values, _ in keys))
+        rows = list(dict.fromkeys(values for values, _, _ in keys))
         start = time.perf_counter()
-        images = self.decoder.decode(np.asarray(rows, dtype=np.float64))
+        images, masks = self.decoder.decode_with_masks(np.asarray(rows, dtype=np.float64))
         decode_ms = 1000 * (time.perf_counter() - start) / len(rows)
         made = {}
-        for values, fmt in keys:
+        for values, fmt, layer in keys:
             start = time.perf_counter()
-            data = encode_image(images[rows.index(values)], fmt)
-            made[values, fmt] = Frame(data=data, mime=FORMATS[fmt], decode_ms=decode_ms,
+            i = rows.index(values)
+            if layer in COMPARED:
+                truth = self.truth.read([self._truth_rows[values]])[0][0]
+                pixels = truth if layer == "truth" else colour_map(delta_e_uv(truth, images[i]) / DELTA_E_SCALE)
+            else:
+                pixels = images[i] if layer == "image" else np.repeat(masks[i][..., None] * 255, 3, axis=-1)
+            data = encode_image(pixels, fmt)
+            made[values, fmt, layer] = Frame(data=data, mime=FORMATS[fmt], decode_ms=decode_ms,
                                       encode_ms=1000 * (time.perf_counter() - start), batch=len(rows),
                                       unseen=self.unseen(values))
         return made

@@ -3,8 +3,8 @@
 Routes (GET only):
     /  /app.js  /style.css              the page (fixed files: no path from a request touches disk)
     /api/archives                       {"archives": [facts, …]} (see ViewedArchive.facts)
-    /api/archives/<id>/frame?<name>=<value>…[&format=png|webp][&play=<name>][&active=<name>]
-                                        one decoded frame (play/active: which neighbours to
+    /api/archives/<id>/frame?<name>=<value>…[&format=png|webp][&layer=image|mask|truth|delta][&play=<name>][&active=<name>]
+                                        one decoded frame or its mask (play/active: which neighbours to
                                         prefetch, see frames.neighbours); headers X-Decode-Ms, X-Encode-Ms,
                                         X-Batch, X-Cache (hit|miss), X-Unseen (true|false)
     /api/stats                          per-archive counters of the frame services
@@ -37,6 +37,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..decode import ParameterError
 from ..errors import ArchiveError, ConfigError
+from ..store import RenderStore
 from .archives import ViewedArchive, archive_ids
 from .frames import DEFAULT_CACHE_BYTES, Frame, neighbours
 
@@ -64,20 +65,25 @@ class Viewer:
     """The archives being viewed (each opened once) and the page; `close()` stops their workers."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], *, device=None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch: bool = True):
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch: bool = True, store: str | os.PathLike | None = None):
         if not paths:
             raise ConfigError("view: give at least one .nervi archive")
         if cache_bytes < 0:
             raise ConfigError(f"--cache-mb: must be 0 or more, got {cache_bytes >> 20}")
         self.prefetch = prefetch
         self.archives: dict[str, ViewedArchive] = {}
+        truth = None if store is None else RenderStore.open(store)
         try:
             for archive_id, path in zip(archive_ids(paths), paths):
                 self.archives[archive_id] = ViewedArchive.open(archive_id, path, device=device,
-                                                               cache_bytes=cache_bytes)
+                                                               cache_bytes=cache_bytes, truth=truth)
         except BaseException:
             self.close()
             raise
+        if truth is not None and not any(a.frames.truth for a in self.archives.values()):
+            self.close()
+            raise ConfigError(f"--store {store}: its images ({truth.width}×{truth.height} of "
+                              f"{', '.join(truth.param_names)}) are not what the archives encode")
         self.pages = {route: ((STATIC / name).read_bytes(), mime) for route, (name, mime) in PAGES.items()}
 
     def close(self) -> None:
@@ -95,11 +101,12 @@ class Viewer:
         """(frame, cache hit) for a frame request; queues the neighbours' prefetch."""
         archive = self.archive(archive_id)
         fmt = _single(query.pop("format", ["png"]), "format")
+        layer = _single(query.pop("layer", ["image"]), "layer")
         play, active = (_axis(archive, key, _single(query.pop(key, [""]), key)) for key in ("play", "active"))
         row = archive.row(query)
-        frame, hit = archive.frames.frame(row, fmt)
+        frame, hit = archive.frames.frame(row, fmt, layer)
         if self.prefetch:
-            archive.frames.prefetch(neighbours(archive.grids, row, play=play, active=active), fmt)
+            archive.frames.prefetch(neighbours(archive.grids, row, play=play, active=active), fmt, layer)
         return frame, hit
 
     def stats(self) -> dict[str, Any]:
@@ -318,10 +325,10 @@ def _interrupt(signum, frame):
 
 
 def serve(paths: Sequence[str | os.PathLike], *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-          device=None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+          device=None, cache_bytes: int = DEFAULT_CACHE_BYTES, store: str | os.PathLike | None = None) -> None:
     """Open the archives and serve the viewer until interrupted (Ctrl-C, SIGTERM); prints the address
     once the server listens."""
-    viewer = Viewer(paths, device=device, cache_bytes=cache_bytes)
+    viewer = Viewer(paths, device=device, cache_bytes=cache_bytes, store=store)
     for stop in (signal.SIGINT, signal.SIGTERM):  # also when started where SIGINT is ignored
         signal.signal(stop, _interrupt)           # (a background job of a script), and on kill
     try:

@@ -5,6 +5,8 @@ const $ = (id) => document.getElementById(id);
 const SLIDER_STEPS = 1000;        // resolution of a slider when unseen values are allowed
 const MAX_TICKS = 64;             // grid ticks drawn under a slider
 const ARCHITECTURES = { nervi: "NeRVI", nerv: "NeRV" };
+const DRAG_STEP_PX = 24;          // mouse travel per grid step when dragging the image to orbit
+const DRAG_DEGREES_PER_PX = 1;    // … and per pixel when unseen values are allowed
 
 const state = {
   archives: [],
@@ -13,6 +15,9 @@ const state = {
   active: 0,                      // parameter the arrow keys step
   free: false,                    // unseen (off-grid) values allowed
   playing: false,
+  playToken: 0,                   // which play loop may run: a quick pause-play starts a new one
+  mask: false,                    // show the decoded foreground mask instead of the image
+  compare: "",                    // "", "truth" or "delta": shown beside the frame (with --store)
   shown: null,                    // key of the frame on screen
   framesShown: 0,
 };
@@ -56,12 +61,13 @@ let pumping = false;
 const waiters = [];
 
 function frameKey() {
-  return `${state.archive.id}|${state.values.join(",")}`;
+  return `${state.archive.id}|${state.values.join(",")}${state.mask ? "|mask" : ""}`;
 }
 
-function frameUrl() {
+function frameUrl(values = state.values, layer = state.mask ? "mask" : "image") {
   const q = new URLSearchParams();
-  state.archive.parameters.forEach((p, j) => q.set(p.name, String(state.values[j])));
+  state.archive.parameters.forEach((p, j) => q.set(p.name, String(values[j])));
+  if (layer !== "image") q.set("layer", layer);
   // prefetch hints: the server decodes next the frames this position is likeliest to be left for
   if (state.playing) q.set("play", state.archive.parameters[Number($("play-param").value)].name);
   else q.set("active", state.archive.parameters[state.active].name);
@@ -117,6 +123,50 @@ async function load(url, key, values) {
   fitImage();
   showCaption(values, response.headers, performance.now() - started);
   showStatus("");
+  shareView(values);
+  await showCompared(values);
+}
+
+// The ground truth or ΔE map beside the frame; hidden (with a note) off the store's images.
+async function showCompared(values) {
+  const img = $("compared");
+  const old = img.src;
+  img.hidden = true;
+  if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+  if (!state.compare) return;
+  const response = await fetch(frameUrl(values, state.compare));
+  if (!response.ok) {
+    showStatus(`no ${state.compare === "truth" ? "ground truth" : "ΔE"} here: a view off the training grid`);
+    return;
+  }
+  img.src = URL.createObjectURL(await response.blob());
+  await img.decode();
+  img.hidden = false;
+  img.dataset.key = `${state.archive.id}|${values.join(",")}|${state.compare}`;
+  fitImage();
+}
+
+// The view in the page's address (#archive=…&t=…&theta=…&phi=…[&mask=1]): copy it to share it.
+function shareView(values) {
+  const q = new URLSearchParams({ archive: state.archive.name });
+  state.archive.parameters.forEach((p, j) => q.set(p.name, String(values[j])));
+  if (state.mask) q.set("mask", "1");
+  history.replaceState(null, "", `#${q}`);
+  const save = $("save");
+  save.href = $("frame").src;
+  save.download = `${state.archive.name}_${state.archive.parameters.map((p, j) => `${p.name}${fmt(values[j])}`).join("_")}` +
+    `${state.mask ? "_mask" : ""}.png`;
+}
+
+// The values of a shared address for archive `a`, or null where it names another archive or none.
+function sharedValues(a) {
+  const q = new URLSearchParams(location.hash.slice(1));
+  if (q.get("archive") !== a.name) return null;
+  state.mask = q.get("mask") === "1";
+  return a.parameters.map((p, j) => {
+    const v = Number(q.get(p.name));
+    return q.has(p.name) && Number.isFinite(v) ? v : state.values[j];
+  });
 }
 
 function showCaption(values, headers, roundTripMs) {
@@ -154,11 +204,14 @@ function fitImage() {
   const box = $("canvas").getBoundingClientRect();
   const a = state.archive;
   if (!a || !box.width) return;
-  const fit = Math.min((box.width - 32) / a.width, (box.height - 32) / a.height);
+  const side = state.compare ? 2 : 1;  // two images side by side share the width
+  const fit = Math.min((box.width - 32 * side) / (a.width * side), (box.height - 32) / a.height);
   const scale = fit >= 1 ? Math.floor(fit) : fit;
-  img.style.width = `${Math.round(a.width * scale)}px`;
-  img.style.height = `${Math.round(a.height * scale)}px`;
-  img.classList.toggle("pixelated", scale >= 2);
+  for (const shown of [img, $("compared")]) {
+    shown.style.width = `${Math.round(a.width * scale)}px`;
+    shown.style.height = `${Math.round(a.height * scale)}px`;
+    shown.classList.toggle("pixelated", scale >= 2);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,19 +324,67 @@ function setValue(j, v) {
   return refresh();
 }
 
+// A periodic parameter (φ) always wraps round: the last grid value is next to the first.
 function step(j, dir, wrap) {
   const p = state.archive.parameters[j];
-  return setValue(j, stepValue(p.grid, state.values[j], dir, wrap));
+  return setValue(j, stepValue(p.grid, state.values[j], dir, wrap || p.period != null));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drag the image to orbit: horizontal moves φ (round the orbit), vertical moves θ.
+
+function orbitAxes() {
+  const names = state.archive.parameters.map((p) => p.name);
+  return { x: names.indexOf("phi"), y: names.indexOf("theta") };
+}
+
+function dragBy(j, pixels) {
+  const p = state.archive.parameters[j];
+  if (state.free && p.high > p.low) {
+    let v = state.values[j] + pixels * DRAG_DEGREES_PER_PX;
+    v = p.period != null ? p.low + ((((v - p.low) % p.period) + p.period) % p.period)
+                         : Math.min(Math.max(v, p.low), p.high);
+    state.values[j] = v;
+    return pixels;
+  }
+  const steps = Math.trunc(pixels / DRAG_STEP_PX);
+  for (let k = 0; k < Math.abs(steps); k++) {
+    state.values[j] = stepValue(p.grid, state.values[j], Math.sign(steps), p.period != null);
+  }
+  return steps * DRAG_STEP_PX;
+}
+
+function enableDrag() {
+  const canvas = $("canvas");
+  let last = null;
+  canvas.addEventListener("pointerdown", (e) => {
+    if (!state.archive) return;
+    last = { x: e.clientX, y: e.clientY };
+    canvas.setPointerCapture(e.pointerId);
+    e.preventDefault();
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    if (!last) return;
+    const { x, y } = orbitAxes();
+    const used = { x: 0, y: 0 };
+    if (x >= 0) used.x = dragBy(x, e.clientX - last.x);
+    if (y >= 0) used.y = dragBy(y, e.clientY - last.y);
+    last = { x: last.x + used.x, y: last.y + used.y };  // leftover travel counts towards the next step
+    if (used.x || used.y) { writeSliders(); refresh(); }
+  });
+  const end = () => { last = null; };
+  canvas.addEventListener("pointerup", end);
+  canvas.addEventListener("pointercancel", end);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Play: step the chosen parameter, wait for its frame, keep to the chosen rate.
 
-async function play() {
+async function play(token) {
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   let frames = 0;
   const start = performance.now();
-  while (state.playing) {
+  while (state.playing && token === state.playToken) {
     const t0 = performance.now();
     await step(Number($("play-param").value), +1, true);
     frames += 1;
@@ -297,11 +398,12 @@ async function play() {
 function setPlaying(on) {
   const animatable = state.archive && state.archive.parameters.some((p) => p.grid.length > 1);
   state.playing = Boolean(on && animatable);
+  state.playToken += 1;  // a loop still waiting on its frame from before a pause ends there
   const button = $("play");
   button.textContent = state.playing ? "❚❚ Pause" : "▶ Play";
   button.setAttribute("aria-pressed", String(state.playing));
   button.classList.toggle("on", state.playing);
-  if (state.playing) play();
+  if (state.playing) play(state.playToken);
   else $("play-rate").textContent = "";
 }
 
@@ -360,6 +462,11 @@ function selectArchive(index) {
     if (v !== undefined && v >= p.low && v <= p.high) return state.free ? v : p.grid[nearestIndex(p.grid, v)];
     return p.grid[Math.floor((p.grid.length - 1) / 2)];
   });
+  state.values = sharedValues(a) || state.values;
+  $("mask").checked = state.mask;
+  $("compare").hidden = !a.truth;
+  if (!a.truth) state.compare = "";
+  $("compare").value = state.compare;
   state.active = Math.min(state.active, a.parameters.length - 1);
   $("archive").value = String(index);
   document.title = `${a.name} · nervi-hpc viewer`;
@@ -393,11 +500,19 @@ async function start() {
     refresh();
   });
   $("play").addEventListener("click", () => setPlaying(!state.playing));
+  $("mask").addEventListener("change", (e) => { state.mask = e.target.checked; refresh(); });
+  $("compare").addEventListener("change", (e) => {
+    state.compare = e.target.value;
+    e.target.blur();
+    showCompared(state.values);
+  });
+  enableDrag();
   // once a choice is made, hand the arrow keys back to the grid
   for (const id of ["archive", "play-param", "fps"]) $(id).addEventListener("change", (e) => e.target.blur());
   document.addEventListener("keydown", onKey);
   window.addEventListener("resize", fitImage);
-  await selectArchive(0);
+  const shared = new URLSearchParams(location.hash.slice(1)).get("archive");
+  await selectArchive(Math.max(state.archives.findIndex((a) => a.name === shared), 0));
 }
 
 function onKey(e) {
