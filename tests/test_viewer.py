@@ -183,7 +183,8 @@ def test_a_grid_combination_missing_from_the_training_rows_is_unseen(decoder):
 
 
 class GatedDecoder:
-    """A decoder whose decode() waits for `gate`, recording the size of each batch."""
+    """A decoder whose decode_with_masks() (what the frame service calls) waits for `gate`,
+    recording the size of each batch."""
 
     def __init__(self, decoder):
         self.decoder, self.gate, self.batches = decoder, threading.Event(), []
@@ -191,10 +192,10 @@ class GatedDecoder:
     def __getattr__(self, name):
         return getattr(self.decoder, name)
 
-    def decode(self, params):
+    def decode_with_masks(self, params):
         self.batches.append(len(params))
         assert self.gate.wait(20)
-        return self.decoder.decode(params)
+        return self.decoder.decode_with_masks(params)
 
 
 def test_requests_that_arrive_while_a_batch_decodes_are_decoded_together(decoder):
@@ -287,12 +288,12 @@ def test_bad_requests_get_a_4xx_and_a_one_line_json_error(archive, serve):
 def test_a_failure_inside_costs_one_request_not_the_server(archive, serve, capsys):
     viewer, base = serve([archive], prefetch=False)
     decoder = viewer.archives["tiny"].decoder
-    real = decoder.decode
-    decoder.decode = lambda params: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    real = decoder.decode_with_masks
+    decoder.decode_with_masks = lambda params: (_ for _ in ()).throw(RuntimeError("out of memory"))
     status, _, body = raw_request(base, "GET", FRAME + "t=0&theta=30&phi=0")
     assert (status, json.loads(body)) == (500, {"error": "internal error: RuntimeError"})
     assert "out of memory" in capsys.readouterr().err
-    decoder.decode = real
+    decoder.decode_with_masks = real
     assert raw_request(base, "GET", FRAME + "t=0&theta=30&phi=0")[0] == 200
 
 
