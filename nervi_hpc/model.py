@@ -215,7 +215,7 @@ def model_config(section: dict[str, Any], height: int, width: int, *, count: int
         raise ModelError("model: give either target_cr or c1/c2, not both")
     if count is None:
         raise ModelError("model.target_cr: the image count is needed to size the model")
-    return sized_for(config, height, width, num_params, raw_bytes=count * height * width * 3, target_cr=target, bits=bits)
+    return sized_for(config, height, width, num_params, count=count, target_cr=target, bits=bits)
 
 
 def with_parameter_grids(config: ModelConfig, grids: Mapping[str, Sequence[float]]) -> ModelConfig:
@@ -237,11 +237,11 @@ def with_parameter_grids(config: ModelConfig, grids: Mapping[str, Sequence[float
     return dataclasses.replace(config, periods=tuple(periods), grid_size=tuple(sizes))
 
 
-def sized_for(config: ModelConfig, height: int, width: int, num_params: int, raw_bytes: float,
+def sized_for(config: ModelConfig, height: int, width: int, num_params: int, count: int,
               target_cr: float, bits: int) -> ModelConfig:
     """`config` with the largest c2 (and c1 in proportion) whose archive at `bits` bits is at
-    most raw_bytes / target_cr (`estimated_archive_bytes`: the file a user gets, not only the
-    weights, so the CR reached is the one asked for)."""
+    most count·H·W·3 / target_cr bytes (`estimated_archive_bytes`: the file a user gets, not
+    only the weights, so the CR reached is the one asked for)."""
 
     def with_c2(c2: int) -> ModelConfig:
         c1 = max(8, round(c2 * config.c1_share))
@@ -251,16 +251,26 @@ def sized_for(config: ModelConfig, height: int, width: int, num_params: int, raw
         with torch.device("meta"):
             return estimated_archive_bytes(NeRVI(with_c2(c2), height, width, num_params), bits)
 
+    raw_bytes = count * height * width * 3
     budget = raw_bytes / target_cr
     low, high = SIZED_MIN_CHANNELS, 4096
     if size(low) > budget:
-        raise ModelError(f"model.target_cr: {target_cr:g} leaves {budget:,.0f} bytes, but even the smallest "
-                         f"model makes an archive of about {size(low):,.0f} bytes; target_cr "
-                         f"{math.floor(raw_bytes / size(low)):g} or lower fits")
+        reach = raw_bytes / size(low)  # the largest ratio the smallest model reaches
+        fits = (f"target_cr {_two_digits_down(reach):g} or lower fits" if reach > 1.01
+                else "no target_cr fits: the images are smaller than any model")
+        raise ModelError(f"model.target_cr: {target_cr:g} is out of reach for {count} images of {width}×{height} "
+                         f"(even the smallest model makes an archive of about {size(low):,.0f} bytes, more "
+                         f"than the {budget:,.0f} it leaves); {fits}")
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if size(middle) <= budget else (low, middle)
     return with_c2(low)
+
+
+def _two_digits_down(x: float) -> float:
+    """x rounded down to two significant digits (a ratio a user can type), at least 1.01."""
+    digits = 10 ** (math.floor(math.log10(x)) - 1)
+    return max(math.floor(x / digits) * digits, 1.01)
 
 
 ARCHIVE_FIXED_BYTES = 2100         # prefix, checksums and the metadata JSON (≈ 1.6 kB measured)

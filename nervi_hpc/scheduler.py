@@ -223,7 +223,7 @@ def preflight(spec, spec_path) -> str:
     `target_cr` no model fits raises, naming the spec (and for the budget, a value that fits)."""
     import numpy as np
 
-    from .model import DEFAULT_TARGET_CR, ModelError, count_parameters, model_config
+    from .model import ModelError, count_parameters, model_config
     from .sources import open_source
 
     try:
@@ -233,20 +233,10 @@ def preflight(spec, spec_path) -> str:
     height, width = source.size
     grids = {name: np.unique(source.params[:, j]).tolist() for j, name in enumerate(source.names)}
 
-    def config(section):
-        return model_config(section, height, width, count=len(source), grids=grids)
-
     try:
-        mcfg = config(spec.model)
-    except ModelError as e:
-        sized = "target_cr" in spec.model or not {"preset", "c1", "c2"} & spec.model.keys()
-        target = spec.model.get("target_cr", DEFAULT_TARGET_CR)
-        if not (sized and isinstance(target, (int, float)) and target > 1
-                and _fits(config, {**spec.model, "target_cr": 1.01})):
-            raise ModelError(f"{spec_path}: {e}") from None  # the section itself is wrong, not the budget
-        fits = _largest_fitting(lambda cr: _fits(config, {**spec.model, "target_cr": cr}), 1.01, float(target))
-        raise ModelError(f"{spec_path}: model.target_cr: {target:g} is out of reach for {len(source)} images of "
-                         f"{width}×{height} (even the smallest model is larger); target_cr {fits:g} fits") from None
+        mcfg = model_config(spec.model, height, width, count=len(source), grids=grids)
+    except ModelError as e:  # a target_cr out of reach names one that fits (model.sized_for)
+        raise ModelError(f"{spec_path}: {e}") from None
     import torch
 
     from .model import NeRVI
@@ -255,28 +245,6 @@ def preflight(spec, spec_path) -> str:
         parameters = count_parameters(NeRVI(mcfg, height, width, len(source.names)))
     return (f"{spec_path}: {len(source)} images of {width}×{height} ({source.description}); "
             f"model c1={mcfg.c1} c2={mcfg.c2}, {parameters:,} parameters")
-
-
-def _fits(config, section) -> bool:
-    from .model import ModelError
-
-    try:
-        config(section)
-    except ModelError:
-        return False
-    return True
-
-
-def _largest_fitting(fits, low: float, high: float) -> float:
-    """The largest target_cr in [low, high), rounded down to two significant digits, for which
-    `fits` (monotone: a lower ratio means a larger budget) holds; `fits(low)` must hold."""
-    import math
-
-    for _ in range(30):  # bisect in log space: the answer may be 1.5 or 5000
-        middle = math.sqrt(low * high)
-        low, high = (middle, high) if fits(middle) else (low, middle)
-    digits = 10 ** (math.floor(math.log10(low)) - 1)
-    return max(math.floor(low / digits) * digits, 1.01)
 
 
 def _runs_of(storage: StoragePaths, key: str, digest: str) -> list[tuple[RunPaths, Manifest]]:
