@@ -21,7 +21,7 @@ from nervi_hpc.config import ClusterConfig, Profile
 from nervi_hpc.decode import Decoder
 from nervi_hpc.paths import StoragePaths
 from nervi_hpc.status import snapshot
-from test_jobs import wait_until, write_spec
+from test_jobs import TINY, wait_until, write_spec
 
 pytestmark = pytest.mark.slurm
 
@@ -103,13 +103,21 @@ def test_whole_run_with_mpi_ingest_and_two_task_ddp_training(tmp_path, partition
 
 
 def test_failed_ingest_never_starts_training(tmp_path, partition):
+    """Submit checks the source's listing and first image; a later image of another size passes
+    that check and fails only in the ingest job, which must cancel the stages after it."""
+    from PIL import Image
+
+    folder = tmp_path / "renders"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(folder / "t0.png")
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(folder / "t1.png")
     spec = tmp_path / "broken.yaml"
-    spec.write_text(yaml.safe_dump({"name": "broken", "train": {"epochs": 1},
-                                    "source": {"kind": "folder", "path": str(tmp_path / "missing"),
+    spec.write_text(yaml.safe_dump({"name": "broken", "train": {"epochs": 1}, "model": TINY["model"],
+                                    "source": {"kind": "folder", "path": str(folder),
                                                "pattern": "t{t}.png"}}))
     paths = scheduler.submit(spec, cluster(tmp_path, partition)).paths
     m = finished(paths, 120)
-    assert m.state == "failed" and "no such image folder" in m.reason and m.reason.startswith("ingest: ")
+    assert m.state == "failed" and m.reason.startswith("ingest: ") and "t1.png: image is 8×8" in m.reason, m.reason
     for stage in ("train", "compress"):
         record = m.stages[stage]
         assert record.state == "cancelled" and record.reason == "not started: ingest failed"
