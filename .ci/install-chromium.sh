@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI: Debian's headless Chromium (and a font) for the viewer's browser test,
-# tests/test_viewer_browser.py, which drives /usr/bin/chromium over the DevTools protocol.
+# tests/viewer/test_viewer_browser.py, which drives /usr/bin/chromium over the DevTools protocol.
 set -euo pipefail
 if command -v chromium >/dev/null 2>&1; then
     chromium --version

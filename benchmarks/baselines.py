@@ -3,7 +3,7 @@
     python benchmarks/baselines.py                          # renders jobs/examples/tornado-ir.yaml first (800 × 256²)
     python benchmarks/baselines.py path/to/renders.zarr --codecs h264 av1 --threads 2
 
-For each codec (nervi_hpc.baselines) at the middle value of its default sweep: the whole store is
+For each codec (nervi_hpc.bench.baselines) at the middle value of its default sweep: the whole store is
 encoded in memory and decoded back; encode and decode rates count only the codec's own work
 (store reads excluded); PSNR is the mean over images of whole-image PSNR (8-bit RGB), as in
 summary.json. The full measurement (MS-SSIM, foreground PSNR, report) is `nervi-hpc bench`.
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nervi_hpc.baselines import CODECS
-from nervi_hpc.baselines.base import Stopwatch, default_threads, timed
+from nervi_hpc.bench.baselines import CODECS
+from nervi_hpc.bench.baselines.base import Stopwatch, default_threads, timed
 from nervi_hpc.config import load_dataset
-from nervi_hpc.ingest import ingest
-from nervi_hpc.sources import open_source
-from nervi_hpc.store import RenderStore
+from nervi_hpc.data.sources import open_source
+from nervi_hpc.data.store import RenderStore
+from nervi_hpc.stages.ingest import ingest
 
 DEFAULT_DATASET = Path(__file__).resolve().parent.parent / "jobs" / "examples" / "tornado-ir.yaml"
 

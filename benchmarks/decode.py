@@ -10,7 +10,7 @@ Parts:
   speed1024  the same at 1024² for the paper's model (c1 128, c2 1024: ~101 M parameters), few images
   bits       archive size at 6–12 bits of the 256² model: bytes, bits/parameter, CR for 800 × 256²
   curve      a small model trained on the synthetic tornado (64², 100 views), archived at 2–12 bits
-             through nervi_hpc.compress: PSNR of each archive against the store, and of the float
+             through nervi_hpc.stages.compress: PSNR of each archive against the store, and of the float
              model (the paper's Fig. 4: flat from about 9 bits)
 """
 
@@ -24,18 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nervi_hpc import checkpoint
 from nervi_hpc.codec.archive import compression_ratio, write_archive
 from nervi_hpc.codec.quantize import quantize
-from nervi_hpc.compress import archive_meta, compress
 from nervi_hpc.config import DatasetSpec, build
-from nervi_hpc.decode import ArchiveMeta, Decoder, Parameter, build_model
-from nervi_hpc.ingest import ingest
-from nervi_hpc.loss import psnr
-from nervi_hpc.model import NeRVI, count_parameters, model_config
-from nervi_hpc.sources import open_source
-from nervi_hpc.store import RenderStore
-from nervi_hpc.train import train
+from nervi_hpc.data.sources import open_source
+from nervi_hpc.data.store import RenderStore
+from nervi_hpc.model import checkpoint
+from nervi_hpc.model.loss import psnr
+from nervi_hpc.model.network import NeRVI, count_parameters, model_config
+from nervi_hpc.stages.compress import archive_meta, compress
+from nervi_hpc.stages.decode import ArchiveMeta, Decoder, Parameter, build_model
+from nervi_hpc.stages.ingest import ingest
+from nervi_hpc.stages.train import train
 
 VIEWS = 800  # the paper's viewpoint grid: theta 0…171, phi 0…351, 9° steps
 CR300_MODEL = {"preset": "paper", "c1": 16, "c2": 64, "min_channels": 4}

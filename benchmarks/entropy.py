@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from codec import trained_looking  # benchmarks/codec.py: per-channel-spread Gaussian/Laplace weights
 
-from nervi_hpc import checkpoint
 from nervi_hpc.codec import huffman
 from nervi_hpc.codec.archive import write_archive
 from nervi_hpc.codec.quantize import QuantizedModel, quantize
+from nervi_hpc.model import checkpoint
 
 try:
     import constriction

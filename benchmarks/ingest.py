@@ -5,7 +5,7 @@
 
 Render-like PNGs (shaded spheres and a ring on white, the light moving with theta/phi) are written
 once into a folder (a temporary one unless --dir is given; an existing --dir is reused) and read
-through nervi_hpc.sources.folder.ImageFolder. For each set it prints images/s and MB/s of raw
+through nervi_hpc.data.sources.folder.ImageFolder. For each set it prints images/s and MB/s of raw
 pixels (N·H·W·3) for the ingest and for merely decoding the same PNGs with PIL in as many
 processes, the store's size, and how fast the store reads back (in order, and in random batches).
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nervi_hpc.ingest import ingest
-from nervi_hpc.sources.folder import ImageFolder
-from nervi_hpc.store import RenderStore
+from nervi_hpc.data.sources.folder import ImageFolder
+from nervi_hpc.data.store import RenderStore
+from nervi_hpc.stages.ingest import ingest
 
 PATTERN = "theta{theta}_phi{phi}.png"
 

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from nervi_hpc.render import Surface, render_isosurface, render_volume
-from nervi_hpc.sources.synthetic import SCENES
+from nervi_hpc.data.sources.raycast import Surface, render_isosurface, render_volume
+from nervi_hpc.data.sources.synthetic import SCENES
 
 
 def views(count: int) -> tuple[list[float], list[float]]:

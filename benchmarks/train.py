@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
-from nervi_hpc.ingest import ingest
-from nervi_hpc.loss import loss_for
-from nervi_hpc.model import NeRVI, count_parameters, model_config
-from nervi_hpc.sources.disks import DiskScene
+from nervi_hpc.model.loss import loss_for
+from nervi_hpc.model.network import NeRVI, count_parameters, model_config
+from nervi_hpc.stages.ingest import ingest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the tests' disk scene
+from tests.scenes import DiskScene  # noqa: E402
 
 CR300 = {"c1": 16, "c2": 64, "min_channels": 4}
 
@@ -66,7 +68,7 @@ def peak_rss_of_training(store: Path, epochs: int) -> float:
     code = f"""
 import resource, sys
 from nervi_hpc.config import DatasetSpec, build
-from nervi_hpc.train import train
+from nervi_hpc.stages.train import train
 spec = build(DatasetSpec, {{"name": "rss", "source": {{"kind": "synthetic"}}, "model": {CR300!r},
              "train": {{"epochs": {epochs}, "batch_size": 16, "loader_workers": 0}}}})
 train({str(store.parent)!r}, spec, progress=False)

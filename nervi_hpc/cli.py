@@ -13,8 +13,8 @@ from .errors import NerviError
 def _source_from_arg(arg: str, pattern: str | None, mode: str, allow_outside: bool = False):
     """A Source from a dataset.yaml, a Cinema database folder, or an image folder + pattern."""
     from .config import CinemaSource, FolderSource, load_dataset
+    from .data.sources import open_source
     from .errors import ConfigError, SourceError
-    from .sources import open_source
 
     path = Path(arg)
     if path.suffix in (".yaml", ".yml"):
@@ -35,9 +35,9 @@ def _source_from_arg(arg: str, pattern: str | None, mode: str, allow_outside: bo
 
 def cmd_render(args) -> None:
     from .config import SyntheticSource, load_dataset
+    from .data.sources import open_source
+    from .data.sources.cinema import write_cinema
     from .errors import ConfigError
-    from .sources import open_source
-    from .sources.cinema import write_cinema
 
     spec = load_dataset(args.spec)
     if not isinstance(spec.source, SyntheticSource):
@@ -48,7 +48,7 @@ def cmd_render(args) -> None:
 
 
 def cmd_ingest(args) -> None:
-    from .ingest import ingest
+    from .stages.ingest import ingest
 
     source = _source_from_arg(args.source, args.pattern, args.mode, args.allow_outside)
     result = ingest(source, args.output, shard_size=args.shard_size, workers=args.workers,
@@ -62,9 +62,9 @@ def cmd_train(args) -> None:
     import time
 
     from .config import load_dataset
-    from .jobs import train_figures
+    from .hpc.jobs import train_figures
     from .paths import RunPaths
-    from .train import train
+    from .stages.train import train
 
     paths = RunPaths(Path(args.run_dir))
     _not_while_a_job_runs(paths, "train")
@@ -83,7 +83,7 @@ def cmd_train(args) -> None:
 
 def _not_while_a_job_runs(paths, stage: str) -> None:
     """A stage run by hand on a managed run must not race that run's own job."""
-    from .manifest import RunError, read
+    from .hpc.manifest import RunError, read
 
     if paths.manifest.is_file():
         record = read(paths).stages[stage]
@@ -94,15 +94,14 @@ def _not_while_a_job_runs(paths, stage: str) -> None:
 
 def _record_by_hand(paths, stage: str, started: float, figures: dict) -> None:
     """Keep a managed run's record (manifest.json) in step with a stage run by hand."""
-    from . import manifest
+    from .hpc import manifest
 
     if paths.manifest.is_file():
         manifest.update(paths, lambda m: m.ran_by_hand(stage, started, figures))
 
 
 def cmd_decode(args) -> None:
-    from .decode import (Decoder, ParameterError, parse_assignments, read_params_csv, unseen_notes,
-                         write_outputs)
+    from .stages.decode import (Decoder, ParameterError, parse_assignments, read_params_csv, unseen_notes, write_outputs)
 
     chosen = [flag for flag, given in (("--param", args.param), ("--params-file", args.params_file),
                                        ("--all", args.all)) if given]
@@ -123,8 +122,8 @@ def cmd_decode(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from .decode import Decoder
-    from .status import human_bytes, human_duration
+    from .hpc.status import human_bytes, human_duration
+    from .stages.decode import Decoder
     from .viewer.archives import archive_facts
 
     facts = archive_facts(Path(args.archive), Decoder.open(args.archive, device="cpu"))
@@ -159,7 +158,7 @@ def cmd_info(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import default_eval_dir, evaluate
+    from .stages.evaluate import default_eval_dir, evaluate
 
     out = args.output or default_eval_dir(args.archive)
     result = evaluate(args.archive, args.store, out, device=args.device, batch_size=args.batch_size,
@@ -170,9 +169,9 @@ def cmd_eval(args) -> None:
 def cmd_compress(args) -> None:
     import time
 
-    from .compress import compress
-    from .jobs import compress_figures
+    from .hpc.jobs import compress_figures
     from .paths import RunPaths
+    from .stages.compress import compress
 
     paths = RunPaths(Path(args.run_dir))
     _not_while_a_job_runs(paths, "compress")
@@ -186,7 +185,7 @@ def cmd_compress(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from .bench import Bench
+    from .bench.runner import Bench
 
     bench = Bench(args.spec, args.out, max_minutes=args.max_minutes, only=args.only, progress=not args.quiet)
     if args.report_only:
@@ -211,13 +210,13 @@ def _storage():
 
 
 def _run(ref: str):
-    from .manifest import resolve
+    from .hpc.manifest import resolve
 
     return resolve(_storage()[1], ref)
 
 
 def cmd_submit(args) -> None:
-    from . import scheduler
+    from .hpc import scheduler
 
     cluster, _ = _storage()
     if args.dry_run:
@@ -241,8 +240,8 @@ def _wait(paths) -> None:
     """Print the run's progress until it ends; the result (or one error line) at the end."""
     import time
 
-    from .manifest import RunError
-    from .status import human_duration, snapshot
+    from .hpc.manifest import RunError
+    from .hpc.status import human_duration, snapshot
 
     said, last_epoch_line = None, 0.0
     while True:
@@ -289,7 +288,7 @@ def _print_from(path, offset: int) -> int:
 
 
 def cmd_resume(args) -> None:
-    from . import scheduler
+    from .hpc import scheduler
 
     cluster, _ = _storage()
     submission = scheduler.resume(_run(args.run_id), cluster, args.max_minutes)
@@ -303,7 +302,7 @@ def cmd_resume(args) -> None:
 def cmd_list(args) -> None:
     from rich.console import Console
 
-    from .status import all_runs, runs_table, snapshot
+    from .hpc.status import all_runs, runs_table, snapshot
 
     _, storage = _storage()
     views = snapshot(all_runs(storage))
@@ -329,7 +328,7 @@ def _print_json(data) -> None:
 def cmd_status(args) -> None:
     from rich.console import Console
 
-    from .status import snapshot
+    from .hpc.status import snapshot
 
     if args.run_id is None:
         cmd_list(args)
@@ -342,7 +341,7 @@ def cmd_status(args) -> None:
 
 
 def cmd_watch(args) -> None:
-    from .tui import watch
+    from .hpc.tui import watch
 
     _, storage = _storage()
     if args.run_id is not None:
@@ -351,14 +350,14 @@ def cmd_watch(args) -> None:
 
 
 def cmd_cancel(args) -> None:
-    from .scheduler import cancel
+    from .hpc.scheduler import cancel
 
     m = cancel(_run(args.run_id))
     print(f"{m.run_id}: {m.state}")
 
 
 def cmd_fetch(args) -> None:
-    from .status import fetch
+    from .hpc.status import fetch
 
     paths = _run(args.run_id)
     written = fetch(paths, args.dest, force=args.force)
@@ -368,8 +367,8 @@ def cmd_fetch(args) -> None:
 
 
 def cmd_logs(args) -> None:
-    from . import manifest
-    from .status import log_path
+    from .hpc import manifest
+    from .hpc.status import log_path
 
     paths = _run(args.run_id)
     if args.follow:
@@ -387,8 +386,8 @@ def _follow(paths, stage: str | None, task: int, poll_s: float = 1.0) -> None:
     given), until the run (or that stage) ends."""
     import time
 
-    from .manifest import RunError
-    from .status import log_path, snapshot
+    from .hpc.manifest import RunError
+    from .hpc.status import log_path, snapshot
 
     shown, offset, last_round = None, 0, False
     while True:

@@ -94,7 +94,7 @@ def _rgb(v) -> bool:
 
 @dataclass(frozen=True)
 class SyntheticSource:
-    """A synthetic scene rendered by nervi_hpc.render (no user data needed)."""
+    """A synthetic scene rendered by nervi_hpc.data.sources.raycast (no user data needed)."""
 
     kind: Literal["synthetic"]
     scene: Literal["tornado", "blobs"] = "tornado"
@@ -500,7 +500,7 @@ def check_model_section(section: dict[str, Any]) -> None:
     """ConfigError for a `model:` section with an unknown preset or key or a bad value (what
     depends on the image size, such as stem and upscale factors, is checked when it is built)."""
     from .errors import ModelError
-    from .model import DEFAULT_PRESET, PRESETS, ModelConfig  # torch: only where a spec is loaded
+    from .model.network import DEFAULT_PRESET, PRESETS, ModelConfig  # torch: only where a spec is loaded
 
     name = section.get("preset", DEFAULT_PRESET)
     if not isinstance(name, str) or name not in PRESETS:

@@ -28,7 +28,7 @@ def memory_bytes() -> dict[str, int]:
 
 def describe(record: dict) -> str:
     """One line of a progress record's figures: images or epoch, loss, PSNR, rate, time, host, memory."""
-    from .status import human_duration
+    from .hpc.status import human_duration
 
     parts = []
     if "images" in record:
@@ -51,7 +51,7 @@ def describe(record: dict) -> str:
 
 def where(record: dict) -> str:
     """`node12 (RSS 1.2 GB, GPU 30.1 GB)`: the host of a progress record and its peak memory."""
-    from .status import human_bytes
+    from .hpc.status import human_bytes
 
     memory = [f"RSS {human_bytes(record['rss_bytes'])}"] if "rss_bytes" in record else []
     if "gpu_bytes" in record:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from nervi_hpc.ingest import ingest
-from nervi_hpc.sources.disks import DiskScene
+from tests.scenes import DiskScene
+from nervi_hpc.stages.ingest import ingest
 
 
 @pytest.fixture

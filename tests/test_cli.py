@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from nervi_hpc.cli import main
-from nervi_hpc.sources.cinema import write_cinema
-from nervi_hpc.sources.disks import DiskScene
-from nervi_hpc.store import RenderStore
+from nervi_hpc.data.sources.cinema import write_cinema
+from tests.scenes import DiskScene
+from nervi_hpc.data.store import RenderStore
 
 REPO = Path(__file__).resolve().parents[1]
 

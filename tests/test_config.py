@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from nervi_hpc import atomic
-from nervi_hpc.config import (CinemaSource, ClusterConfig, DatasetSpec, Grid, SyntheticSource,
-                              build, load_cluster, load_dataset, to_dict)
+from nervi_hpc.config import (CinemaSource, ClusterConfig, DatasetSpec, Grid, SyntheticSource, build, load_cluster, load_dataset, to_dict)
 from nervi_hpc.errors import ConfigError, NerviError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..codec.archive import compression_ratio
-from ..decode import Decoder, ParameterError
-from ..evaluate import default_eval_dir
-from ..store import RenderStore
+from ..data.store import RenderStore
+from ..stages.decode import Decoder, ParameterError
+from ..stages.evaluate import default_eval_dir
 from .frames import DEFAULT_CACHE_BYTES, FrameService
 
 

@@ -20,9 +20,9 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..decode import Decoder, ParameterError
-from ..evaluate import DELTA_E_SCALE, colour_map, delta_e_uv
-from ..store import RenderStore
+from ..data.store import RenderStore
+from ..stages.decode import Decoder, ParameterError
+from ..stages.evaluate import DELTA_E_SCALE, colour_map, delta_e_uv
 
 FORMATS = {"png": "image/png", "webp": "image/webp"}
 # the decoded RGB image, its foreground mask (white on black), and with a renders store the

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..decode import ParameterError
+from ..data.store import RenderStore
 from ..errors import ArchiveError, ConfigError
-from ..store import RenderStore
+from ..stages.decode import ParameterError
 from .archives import ViewedArchive, archive_ids
 from .frames import DEFAULT_CACHE_BYTES, Frame, neighbours
 

@@ -1,0 +1,1 @@
+"""The rate-distortion benchmark: rd maths, baseline codecs, the bench runner."""

@@ -1,0 +1,151 @@
+"""The stage jobs: submitit `Checkpointable` callables, one per stage, run on the executor.
+
+Each job records its start, result or failure in the run's manifest (task 0 only) and prints a
+few lines to its log. Being Checkpointable, a job hit by its time limit or preempted is requeued
+with the same callable, and the stage resumes from what is on disk: ingest skips its finished
+shards, training restarts from the newest complete checkpoint, compress simply runs again.
+A job whose stage was cancelled before it started does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import submitit
+
+from .. import atomic
+from ..config import load_dataset
+from ..paths import RunPaths
+from ..progress import ProgressLog
+from . import manifest
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """Run one stage of the run in `run_dir` with `cpus` CPU threads per task."""
+
+    stage: ClassVar[str]
+
+    def __init__(self, run_dir: str, cpus: int):
+        self.run_dir = run_dir
+        self.cpus = cpus
+
+    def __call__(self) -> dict[str, Any]:
+        paths = RunPaths(Path(self.run_dir))
+        env = submitit.JobEnvironment()
+        lead = env.global_rank == 0
+        if lead:  # records the start, unless the stage was cancelled meanwhile
+            go = manifest.update(paths, lambda m: m.started(self.stage))
+        else:
+            go = manifest.read(paths).stages[self.stage].state != "cancelled"
+        if not go:
+            _say(f"{self.stage}: the run was cancelled; not starting")
+            return {}
+        _say(f"{self.stage}: job {env.job_id} task {env.global_rank}/{env.num_tasks} on {env.hostname}")
+        _limit_threads(self.cpus)
+        try:
+            figures = self.run(paths)
+        except Exception as error:  # a requeue or cancellation (SystemExit, KeyboardInterrupt) is no failure
+            if lead:
+                manifest.update(paths, lambda m: m.failed(self.stage, one_line(error)))
+            raise
+        if lead:
+            manifest.update(paths, lambda m: m.finished(self.stage, figures))
+            _say(f"{self.stage}: done")
+        return figures
+
+    def run(self, paths: RunPaths) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class IngestJob(StageJob):
+    """Source → renders.zarr; parallel over shards (worker processes, or the MPI ranks of the job)."""
+
+    stage = "ingest"
+
+    def run(self, paths: RunPaths) -> dict[str, Any]:
+        from ..data.sources import open_source
+        from ..stages.ingest import ingest
+
+        spec = load_dataset(paths.spec)
+        result = ingest(open_source(spec.source), paths.store, shard_size=spec.ingest.shard_size,
+                        workers=spec.ingest.workers or self.cpus, progress=False,
+                        lines=ProgressLog("ingest", paths.progress("ingest")))
+        if result.rank == 0:
+            _say(result.summary())
+        return {"images": result.count, "shards": result.shards, "raw_bytes": result.raw_bytes,
+                "stored_bytes": result.stored_bytes, "seconds": result.seconds}
+
+
+class TrainJob(StageJob):
+    """Fit the model; one task per GPU (or CPU process), DDP from submitit's environment."""
+
+    stage = "train"
+
+    def run(self, paths: RunPaths) -> dict[str, Any]:
+        from ..stages.train import train
+
+        distributed = submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True)  # train picks the GPU by local rank
+        spec = load_dataset(paths.spec)
+        result = train(paths.root, spec, max_minutes=manifest.read(paths).train_minutes, progress=False)
+        _say(result.summary())
+        return train_figures(result, spec, distributed.world_size)
+
+
+class CompressJob(StageJob):
+    """Latest checkpoint → archive/<name>.nervi → eval/ (summary, contact sheet)."""
+
+    stage = "compress"
+
+    def run(self, paths: RunPaths) -> dict[str, Any]:
+        from ..stages.compress import compress
+
+        result = compress(paths.root, progress=False)
+        _say(result.summary())
+        return compress_figures(result, paths)
+
+
+STAGE_JOBS: dict[str, type[StageJob]] = {job.stage: job for job in (IngestJob, TrainJob, CompressJob)}
+
+
+def train_figures(result, spec, world_size: int = 1) -> dict[str, Any]:
+    """What the run's record keeps of a training (a job's or a `nervi-hpc train` by hand)."""
+    return {"epochs": result.epochs, "epochs_planned": spec.train.epochs, "steps": result.steps,
+            "seconds": result.seconds, "loss": result.loss, "psnr": result.psnr, "parameters": result.parameters,
+            "images_per_s": result.images_per_s, "stopped_early": result.stopped_early, "world_size": world_size}
+
+
+def compress_figures(result, paths: RunPaths) -> dict[str, Any]:
+    """What the run's record keeps of an archive: where, size, checksum, CR and quality."""
+    evaluation = result.evaluation.figures if result.evaluation else {}
+    return {"archive": str(result.archive.relative_to(paths.root)), "bytes": result.bytes,
+            "sha256": atomic.file_sha256(result.archive), "compression_ratio": result.compression_ratio,
+            "bits": result.bits, "parameters": result.parameters,
+            "psnr": evaluation.get("psnr_db", {}).get("mean"),
+            "foreground_psnr": evaluation.get("foreground_psnr_db", {}).get("mean"),
+            "ms_ssim": evaluation.get("ms_ssim", {}).get("mean")}
+
+
+def one_line(error: BaseException, limit: int = 400) -> str:
+    """An exception as one line: `Type: first line of the message` (NerviErrors without the type)."""
+    from ..errors import NerviError
+
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    line = text if isinstance(error, NerviError) else f"{type(error).__name__}: {text}".rstrip(": ")
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def _limit_threads(cpus: int) -> None:
+    """CPU threads of this task: what the job was given, not every core of the node."""
+    os.environ["OMP_NUM_THREADS"] = str(cpus)
+    import torch
+
+    torch.set_num_threads(cpus)
+
+
+def _say(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} [nervi-hpc] {message}", file=sys.stdout, flush=True)

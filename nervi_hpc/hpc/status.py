@@ -1,0 +1,388 @@
+"""What a run is doing, read from storage (manifest, training metrics, logs) and the scheduler;
+and fetching a finished run's results.
+
+`snapshot(runs)` refreshes the runs against the scheduler (its verdict wins over a manifest
+that still says running) and returns `RunView`s. A RunView renders (rich `__rich__`) as the
+table of its stages; `runs_table` renders many runs as one table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Group
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+from .. import atomic, progress
+from ..config import STAGES, load_dataset
+from ..errors import ArchiveError, ConfigError
+from ..paths import RunPaths, StoragePaths
+from . import manifest
+from .manifest import Manifest, RunError
+from .scheduler import Verdict, refresh
+
+STATE_STYLES = {"pending": "dim", "queued": "yellow", "running": "bold cyan", "done": "green",
+                "failed": "bold red", "cancelled": "magenta"}
+METRICS_TAIL_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class Training:
+    """The newest line of the training metrics log."""
+
+    epoch: int
+    epochs: int
+    loss: float | None
+    psnr: float | None
+    images_per_s: float | None
+    eta_s: float | None
+    elapsed_s: float | None
+    budget_s: float | None  # the spec's max_minutes, when training is time-bound
+
+    @property
+    def fraction(self) -> float:
+        """How far training is: by epochs, or by the time budget when that ends it sooner."""
+        by_epochs = self.epoch / self.epochs if self.epochs else 0.0
+        by_time = self.elapsed_s / self.budget_s if self.budget_s and self.elapsed_s else 0.0
+        return min(max(by_epochs, by_time), 1.0)
+
+
+def training_progress(paths: RunPaths, budget_minutes: float | None = None) -> Training | None:
+    """The last epoch record of logs/metrics.jsonl, with the ETA capped by the time budget
+    (`budget_minutes`, else the spec's max_minutes); None before the first epoch."""
+    try:
+        with open(paths.metrics, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(f.tell() - METRICS_TAIL_BYTES, 0))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a partial first line of the tail, or a line being written
+            continue
+        if isinstance(record, dict) and "epochs" in record and "epoch" in record:
+            records.append(record)
+    if not records:
+        return None
+    last = records[-1]
+    budget = 60 * budget_minutes if budget_minutes is not None else _budget_s(paths)
+    eta, elapsed = _finite(last.get("eta_s")), _finite(last.get("elapsed_s"))
+    if budget is not None and elapsed is not None:
+        left = max(budget - elapsed, 0.0)
+        eta = left if eta is None else min(eta, left)
+    return Training(int(last["epoch"]), int(last["epochs"]), _finite(last.get("loss")), _number(last.get("psnr")),
+                    _finite(last.get("images_per_s")), eta, elapsed, budget)
+
+
+def _budget_s(paths: RunPaths) -> float | None:
+    try:
+        minutes = load_dataset(paths.spec).train.max_minutes
+    except ConfigError:
+        return None
+    return None if minutes is None else 60 * minutes
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _number(value: Any) -> float | None:
+    """A float, infinity included (the PSNR of an exact image), NaN as None."""
+    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Views
+
+
+@dataclass
+class RunView:
+    """One run as the user sees it: manifest, the scheduler's words on its live jobs, training."""
+
+    paths: RunPaths
+    manifest: Manifest
+    verdicts: dict[str, Verdict]
+    training: Training | None
+
+    @property
+    def run_id(self) -> str:
+        return self.paths.root.name
+
+    def scheduler_says(self, stage: str) -> str:
+        record = self.manifest.stages[stage]
+        verdict = self.verdicts.get(record.job_id or "")
+        return verdict.detail if verdict is not None and not record.terminal else ""
+
+    def progress(self, stage: str) -> dict | None:
+        """The running stage's newest progress record from this run of it (none older)."""
+        record = self.manifest.stages[stage]
+        if record.state != "running":
+            return None
+        return progress.read(self.paths.progress(stage), since=record.started)
+
+    def details(self, stage: str) -> str:
+        """A stage's key figures: images and shards; epoch, loss, PSNR, ETA; archive size, CR, PSNR."""
+        record = self.manifest.stages[stage]
+        f = record.figures
+        if record.state == "failed" or record.state == "cancelled":
+            return record.reason or ""
+        now = self.progress(stage)
+        if stage == "ingest" and now and "images" in now:
+            return f"{now['images']}/{now['total']} images written"
+        if stage == "ingest" and f:
+            return f"{f['images']} images, {_count(f['shards'], 'shard')}, {human_bytes(f['stored_bytes'])}"
+        if stage == "train" and (record.state == "running" or f):
+            t = self.training
+            if t is None:
+                return "starting"
+            eta = f" · ETA {human_duration(t.eta_s)}" if record.state == "running" and t.eta_s is not None else ""
+            return f"epoch {t.epoch}/{t.epochs} · loss {_show(t.loss, '.4f')} · PSNR {_show(t.psnr, '.2f')} dB{eta}"
+        if stage == "compress" and f:
+            return (f"{human_bytes(f['bytes'])}, CR {f['compression_ratio']:.1f}, PSNR {_show(f['psnr'], '.2f')} dB "
+                    f"→ {f['archive']}")
+        return ""
+
+    def stage_table(self) -> Table:
+        m = self.manifest
+        title = Text.assemble(f"{self.run_id} · ", styled_state(m.state), f" · profile {m.profile} ({m.executor})")
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, expand=False)
+        for column in ("stage", "job", "state", "time"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("details", overflow="fold", min_width=24)
+        for stage in STAGES:
+            record = m.stages[stage]
+            state = styled_state(record.state)
+            if record.restarts:
+                state.append(f" ({record.restarts} restart{'s' * (record.restarts > 1)})", style="yellow")
+            if self.scheduler_says(stage):
+                state.append(f"\n{self.scheduler_says(stage)}", style="dim")
+            table.add_row(stage, record.job_id or "—", state, human_duration(_elapsed(record.started, record.ended)),
+                          self.details(stage))
+        return table
+
+    @property
+    def warnings(self) -> list[str]:
+        return manifest.run_warnings(self.manifest)
+
+    def __rich__(self):
+        parts = [self.stage_table()]
+        if self.manifest.reason:
+            parts.append(Text(f"{self.manifest.state}: {self.manifest.reason}", style=STATE_STYLES[self.manifest.state]))
+        parts += [Text(f"warning: {warning}", style="yellow") for warning in self.warnings]
+        return Group(*parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as `status --json` prints it: the manifest, training progress, warnings."""
+        t = self.training
+        return {"run": self.run_id, "path": str(self.paths.root), "state": self.manifest.state,
+                "stage": self.manifest.active_stage, "reason": self.manifest.reason, "warnings": self.warnings,
+                "training": None if t is None else {**dataclasses.asdict(t), "fraction": t.fraction},
+                "scheduler": {stage: self.scheduler_says(stage) for stage in STAGES if self.scheduler_says(stage)},
+                "manifest": self.manifest.to_json()}
+
+
+def snapshot(runs: list[RunPaths]) -> list[RunView]:
+    """Views of `runs`, refreshed against the scheduler."""
+    return [RunView(paths, m, verdicts, training_progress(paths, m.train_minutes))
+            for paths, (m, verdicts) in zip(runs, refresh(runs))]
+
+
+def all_runs(storage: StoragePaths) -> list[RunPaths]:
+    return [storage.run(run_id) for run_id in manifest.run_ids(storage)]
+
+
+def runs_table(views: list[RunView], title: str | None = None) -> "RunsTable":
+    """One row per run, newest first: state, active stage, training progress, archive figures."""
+    return RunsTable(views, title)
+
+
+@dataclass
+class RunsTable:
+    """The runs table, laid out for the width it is drawn at: every figure is shown whole, and
+    run ids that do not fit are cut to a unique prefix (what `status PREFIX` accepts) + "…"."""
+
+    views: list[RunView]
+    title: str | None = None
+
+    COLUMNS = ("run", "state", "stage", "training", "PSNR", "archive", "CR", "created")
+
+    def rows(self) -> list[list[Text]]:
+        rows = []
+        for view in reversed(self.views):
+            m, t = view.manifest, view.training
+            archive = m.stages["compress"].figures
+            psnr = archive.get("psnr") if archive else (t.psnr if t else None)
+            training = ""
+            if t is not None and m.stages["train"].state == "running":
+                training = f"{t.fraction:.0%}" + (f" ETA {human_duration(t.eta_s)}" if t.eta_s is not None else "")
+            elif t is not None:  # ended: the epochs it reached, not the time budget it used up
+                training = f"{t.epoch}/{t.epochs} ep"
+            stage = m.active_stage or next((s for s in STAGES if m.stages[s].state == m.state != "done"), "")
+            state = styled_state(m.state)
+            if view.warnings:
+                state.append(" ⚠", style="yellow")
+            rows.append([Text(view.run_id), state, Text(stage), Text(training), Text(_show(psnr, ".2f")),
+                         Text(human_bytes(archive["bytes"]) if archive else ""),
+                         Text(f"{archive['compression_ratio']:.1f}" if archive else ""), Text(_when(m.created))])
+        return rows
+
+    def table(self, ids: list[str], rows: list[list[Text]]) -> Table:
+        table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD)
+        for name in self.COLUMNS:
+            table.add_column(name, justify="right" if name in ("PSNR", "CR") else "left", no_wrap=True)
+        for row, run_id in zip(rows, ids):
+            table.add_row(Text(run_id), *row[1:])
+        return table
+
+    def __rich_console__(self, console, options):
+        rows = self.rows()
+        ids = [row[0].plain for row in rows]
+        natural = Measurement.get(console, options.update(max_width=10**4), self.table(ids, rows)).maximum
+        too_wide = natural - options.max_width
+        if too_wide > 0:
+            widest = max(len(run_id) for run_id in ids)
+            ids = short_ids(ids, max(widest - too_wide, max(len("run"), 8)))
+        yield self.table(ids, rows)
+
+
+def short_ids(ids: list[str], width: int) -> list[str]:
+    """Each id, or when longer than `width` its shortest unique prefix of at least width - 1
+    characters followed by "…"."""
+    shortened = []
+    for run_id in ids:
+        if len(run_id) <= width:
+            shortened.append(run_id)
+            continue
+        length = width - 1
+        while length < len(run_id) and sum(other.startswith(run_id[:length]) for other in ids) > 1:
+            length += 1
+        shortened.append(run_id if length >= len(run_id) else run_id[:length] + "…")
+    return shortened
+
+
+def _when(stamp: float) -> str:
+    """HH:MM today, else MM-DD HH:MM."""
+    same_day = time.localtime(stamp)[:3] == time.localtime()[:3]
+    return time.strftime("%H:%M" if same_day else "%m-%d %H:%M", time.localtime(stamp))
+
+
+def styled_state(state: str) -> Text:
+    return Text(state, style=STATE_STYLES.get(state, ""))
+
+
+def human_bytes(count: float) -> str:
+    units = ("B", "kB", "MB", "GB", "TB")
+    step = 0
+    while count >= 1000 and step < len(units) - 1:
+        count, step = count / 1000, step + 1
+    return f"{count:.0f} B" if step == 0 else f"{count:.1f} {units[step]}"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def _elapsed(started: float | None, ended: float | None) -> float | None:
+    return None if started is None else (ended or time.time()) - started
+
+
+def _show(value: float | None, spec: str) -> str:
+    return "" if value is None else "∞" if math.isinf(value) else format(value, spec)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Logs and results
+
+
+def log_stage(m: Manifest) -> str | None:
+    """The stage whose log matters now: the running one, else the failed one, else the last
+    that started, else the first queued; None before any job exists."""
+    for wanted in ("running", "failed"):
+        for stage in STAGES:
+            if m.stages[stage].state == wanted and m.stages[stage].job_id:
+                return stage
+    started = [s for s in STAGES if m.stages[s].starts]
+    queued = [s for s in STAGES if m.stages[s].job_id]
+    return started[-1] if started else (queued[0] if queued else None)
+
+
+def log_path(paths: RunPaths, m: Manifest, stage: str | None = None, task: int = 0) -> Path:
+    """The log of task `task` of `stage`'s job (default stage: `log_stage`)."""
+    stage = stage or log_stage(m)
+    if stage is None:
+        raise RunError(f"{paths.root.name}: no job has been submitted yet")
+    record = m.stages[stage]
+    if record.job_id is None:
+        raise RunError(f"{paths.root.name}: {stage} has no job yet ({record.state})")
+    if not 0 <= task < record.tasks:
+        raise RunError(f"{paths.root.name}: {stage}'s job has tasks 0..{record.tasks - 1}, not {task}")
+    return paths.job_log(record.job_id, task)
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines of a text file ([] when it does not exist yet)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(f.tell() - 200 * lines - 4096, 0))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def fetch(paths: RunPaths, dest: str | Path, *, force: bool = False) -> list[Path]:
+    """Copy a finished run's archive X.nervi (checked against the sha256 recorded when it was
+    written) and its report as X.summary.json, X.summary.md and X.contact.png into the folder
+    `dest` (named after the archive, so several runs can share one folder). Refuses to overwrite
+    an existing file unless `force`."""
+    m = manifest.read(paths)
+    figures = m.stages["compress"].figures
+    if m.stages["compress"].state != "done" or not figures:
+        raise RunError(f"{paths.root.name}: {m.state}; there is no archive to fetch yet")
+    archive = paths.root / figures["archive"]
+    sources = [archive] + [paths.eval_dir / name for name in ("summary.json", "summary.md", "contact.png")]
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise RunError(f"{dest}: not a folder; fetch writes the archive and its report into a folder")
+    targets = [dest / archive.name] + [dest / f"{archive.stem}.{source.name}" for source in sources[1:]]
+    missing = [str(s) for s in sources if not s.is_file()]
+    if missing:
+        raise RunError(f"{missing[0]}: missing from the finished run")
+    if not force:
+        existing = [str(t) for t in targets if t.exists()]
+        if existing:
+            raise RunError(f"{existing[0]}: exists; not overwriting it (--force to replace)")
+    if atomic.file_sha256(archive) != figures["sha256"]:
+        raise ArchiveError(f"{archive}: sha256 differs from the one recorded when it was written; "
+                           f"the stored archive is damaged")
+    for source, target in zip(sources, targets):
+        with atomic.atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+            if source == archive and atomic.file_sha256(tmp) != figures["sha256"]:
+                raise ArchiveError(f"{target}: the copy's sha256 differs from the archive's; nothing written")
+    return targets

@@ -1,0 +1,1 @@
+"""The NeRVI network: its configuration and presets, layers, compositing, loss and checkpoints."""

@@ -1,0 +1,1 @@
+"""The pipeline stages, siblings over data/, model/ and codec/: ingest, train, compress, evaluate, decode."""
