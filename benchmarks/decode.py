@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from nervi_hpc.codec.archive import compression_ratio, write_archive
+from nervi_hpc.codec.header import ArchiveMeta, Parameter
 from nervi_hpc.codec.quantize import quantize
 from nervi_hpc.config import DatasetSpec, build
 from nervi_hpc.data.sources import open_source
@@ -33,7 +34,7 @@ from nervi_hpc.model import checkpoint
 from nervi_hpc.model.loss import psnr
 from nervi_hpc.model.network import NeRVI, count_parameters, model_config
 from nervi_hpc.stages.compress import archive_meta, compress
-from nervi_hpc.stages.decode import ArchiveMeta, Decoder, Parameter, build_model
+from nervi_hpc.stages.decode.decoder import Decoder, build_model
 from nervi_hpc.stages.ingest import ingest
 from nervi_hpc.stages.train import train
 

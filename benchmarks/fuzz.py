@@ -38,11 +38,12 @@ import numpy as np
 import torch
 
 from nervi_hpc.codec import archive, huffman
+from nervi_hpc.codec.header import ArchiveMeta, Parameter
 from nervi_hpc.codec.quantize import quantize
 from nervi_hpc.data.dataset import normalize
 from nervi_hpc.errors import ArchiveError, NerviError
 from nervi_hpc.model.network import ModelConfig, NeRVI, with_parameter_grids
-from nervi_hpc.stages.decode import ArchiveMeta, Decoder, Parameter, model_skeleton
+from nervi_hpc.stages.decode.decoder import Decoder, model_skeleton
 
 OUTCOMES = ("clean", "uncaught", "hang", "memory", "NaN")
 CLEAN = ("refused", "identical", "decoded")  # how a clean case ended

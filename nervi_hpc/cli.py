@@ -83,7 +83,8 @@ def cmd_train(args) -> None:
 
 def _not_while_a_job_runs(paths, stage: str) -> None:
     """A stage run by hand on a managed run must not race that run's own job."""
-    from .hpc.manifest import RunError, read
+    from .errors import RunError
+    from .hpc.manifest import read
 
     if paths.manifest.is_file():
         record = read(paths).stages[stage]
@@ -101,7 +102,10 @@ def _record_by_hand(paths, stage: str, started: float, figures: dict) -> None:
 
 
 def cmd_decode(args) -> None:
-    from .stages.decode import (Decoder, ParameterError, parse_assignments, read_params_csv, unseen_notes, write_outputs)
+    from .errors import ParameterError
+    from .parameters import parse_assignments, read_params_csv
+    from .stages.decode.decoder import Decoder, unseen_notes
+    from .stages.decode.outputs import write_outputs
 
     chosen = [flag for flag, given in (("--param", args.param), ("--params-file", args.params_file),
                                        ("--all", args.all)) if given]
@@ -123,7 +127,7 @@ def cmd_decode(args) -> None:
 
 def cmd_info(args) -> None:
     from .hpc.status import human_bytes, human_duration
-    from .stages.decode import Decoder
+    from .stages.decode.decoder import Decoder
     from .viewer.archives import archive_facts
 
     facts = archive_facts(Path(args.archive), Decoder.open(args.archive, device="cpu"))
@@ -240,7 +244,7 @@ def _wait(paths) -> None:
     """Print the run's progress until it ends; the result (or one error line) at the end."""
     import time
 
-    from .hpc.manifest import RunError
+    from .errors import RunError
     from .hpc.status import human_duration, snapshot
 
     said, last_epoch_line = None, 0.0
@@ -386,7 +390,7 @@ def _follow(paths, stage: str | None, task: int, poll_s: float = 1.0) -> None:
     given), until the run (or that stage) ends."""
     import time
 
-    from .hpc.manifest import RunError
+    from .errors import RunError
     from .hpc.status import log_path, snapshot
 
     shown, offset, last_round = None, 0, False

@@ -1,4 +1,9 @@
-"""User-facing errors: the CLI prints any NerviError as one line and exits with status 1."""
+"""Every error of nervi-hpc, in one hierarchy: the CLI prints any NerviError as one line and exits with
+status 1; the viewer answers a RequestError with its HTTP status."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
 
 
 class NerviError(Exception):
@@ -23,3 +28,24 @@ class ModelError(NerviError, ValueError):
 
 class ArchiveError(NerviError, ValueError):
     """A .nervi archive that is truncated, corrupt, of an unknown version or inconsistent."""
+
+
+class ParameterError(NerviError, ValueError):
+    """Decode parameters that are missing, unknown, malformed or outside the trained range."""
+
+
+class RunError(NerviError, ValueError):
+    """A run that does not exist, is ambiguous, or whose manifest cannot be read."""
+
+
+class SchedulerError(NerviError, RuntimeError):
+    """The scheduler refused or failed a request (sbatch, scancel)."""
+
+
+class RequestError(Exception):
+    """A request the viewer's server refuses: its HTTP status and a one-line reason (not a
+    NerviError: the server answers it, the CLI never sees it)."""
+
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status

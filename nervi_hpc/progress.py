@@ -1,5 +1,6 @@
-"""Progress of a stage where people look: a line in the job log at intervals (what `tail -f` of a
-Slurm `.out` shows) and the same figures in `logs/progress-<stage>.json` for `nervi-hpc watch`."""
+"""Progress where people look: a rich bar on the terminal for interactive work (`progress_bar`);
+for a stage's job a line in the log at intervals (what `tail -f` of a Slurm `.out` shows) and
+the same figures in `logs/progress-<stage>.json` for `nervi-hpc watch` (`ProgressLog`)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,20 @@ def read(path: Path, since: float | None = None) -> dict | None:
     if not isinstance(record, dict) or (since is not None and record.get("time", 0) < since):
         return None
     return record
+
+
+def progress_bar(enabled: bool, rate: bool = False):
+    """A rich progress bar on stderr (images done of total, time left; with `rate` also images/s
+    and the time so far); disabled when not `enabled`."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.1f} img/s" if task.speed else "… img/s", style="progress.data.speed")
+
+    timing = [RateColumn(), TimeElapsedColumn()] if rate else []
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *timing,
+                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)

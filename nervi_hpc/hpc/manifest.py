@@ -22,17 +22,13 @@ from typing import Any, Callable, Iterator
 
 from .. import atomic
 from ..config import STAGES, DatasetSpec, to_dict
-from ..errors import NerviError
+from ..errors import RunError
 from ..paths import RunPaths, StoragePaths
 
 FORMAT = "nervi-run"
 VERSION = 1
 STATES = ("pending", "queued", "running", "done", "failed", "cancelled")
 TERMINAL = frozenset({"done", "failed", "cancelled"})
-
-
-class RunError(NerviError, ValueError):
-    """A run that does not exist, is ambiguous, or whose manifest cannot be read."""
 
 
 def spec_digest(spec: DatasetSpec) -> str:

@@ -31,17 +31,13 @@ import yaml
 
 from .. import atomic
 from ..config import STAGES, ClusterConfig, Profile, build, load_dataset, to_dict
-from ..errors import ConfigError, NerviError
+from ..errors import ConfigError, NerviError, RunError, SchedulerError
 from ..paths import RunPaths, StoragePaths
 from . import manifest
 from .jobs import STAGE_JOBS
-from .manifest import Manifest, RunError
+from .manifest import Manifest
 
 POLL_S = 1.0
-
-
-class SchedulerError(NerviError, RuntimeError):
-    """The scheduler refused or failed a request (sbatch, scancel)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,7 +221,8 @@ def preflight(spec, spec_path) -> str:
     import numpy as np
 
     from ..data.sources import open_source
-    from ..model.network import ModelError, count_parameters, model_config
+    from ..errors import ModelError
+    from ..model.network import count_parameters, model_config
 
     try:
         source = open_source(spec.source)

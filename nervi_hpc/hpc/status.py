@@ -25,10 +25,10 @@ from rich.text import Text
 
 from .. import atomic, progress
 from ..config import STAGES, load_dataset
-from ..errors import ArchiveError, ConfigError
+from ..errors import ArchiveError, ConfigError, RunError
 from ..paths import RunPaths, StoragePaths
 from . import manifest
-from .manifest import Manifest, RunError
+from .manifest import Manifest
 from .scheduler import Verdict, refresh
 
 STATE_STYLES = {"pending": "dim", "queued": "yellow", "running": "bold cyan", "done": "green",

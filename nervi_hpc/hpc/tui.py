@@ -13,8 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import progress
+from ..errors import RunError
 from ..paths import StoragePaths
-from .manifest import RunError
 from .status import RunView, all_runs, human_duration, log_path, runs_table, snapshot, styled_state, tail
 
 LOG_LINES = 12

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..codec.archive import compression_ratio, write_archive
+from ..codec.header import ArchiveMeta, Parameter
 from ..codec.prune import prune as prune_weights
 from ..codec.quantize import DEFAULT_BITS, quantize
 from ..data.store import RenderStore
@@ -27,7 +28,6 @@ from ..errors import ConfigError, NerviError, StoreError
 from ..model import checkpoint
 from ..model.network import ModelConfig
 from ..paths import RunPaths
-from .decode import ArchiveMeta, Parameter
 from .evaluate import EvalResult, evaluate as evaluate_archive, finite_or_none
 
 

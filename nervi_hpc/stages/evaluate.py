@@ -36,8 +36,10 @@ from ..data.store import RenderStore
 from ..errors import StoreError
 from ..hpc.manifest import ending_warnings
 from ..model.loss import psnr as psnr_db
+from ..parameters import label, png_pattern
 from ..paths import RunPaths
-from .decode import Decoder, png_pattern, progress_bar
+from ..progress import progress_bar
+from .decode.decoder import Decoder
 
 SCHEMA_VERSION = 1
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -509,16 +511,11 @@ def _sheet_rows(renders: RenderStore, picks: dict[str, int], psnr: np.ndarray,
     rows = []
     for k, index in enumerate(indices):
         delta = delta_e_uv(truth[k], decoded[k])
-        where = describe(renders.param_names, renders.params[index])
+        where = label(renders.param_names, renders.params[index])
         rows.append(SheetRow(f"{'/'.join(labels[index])}: #{index} {where}  "
                              f"PSNR {_psnr_text(psnr[index])}, mean dE {delta.mean():.2f}",
                              truth[k], decoded[k], delta))
     return rows
-
-
-def describe(names: Sequence[str], row: np.ndarray) -> str:
-    """`t=3 theta=45 phi=90` for a parameter row (as nervi_hpc.stages.decode.Decoder.describe)."""
-    return " ".join(f"{n}={np.format_float_positional(float(v), trim='-')}" for n, v in zip(names, row))
 
 
 def _psnr_text(value: float) -> str:

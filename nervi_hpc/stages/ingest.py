@@ -30,16 +30,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
-from rich.text import Text
 
 from .. import atomic, errors
 from ..data.imaging import write_contact_sheet
 from ..data.sources import Source
 from ..errors import ConfigError, NerviError, SourceError, StoreError
-from ..progress import ProgressLog
+from ..progress import ProgressLog, progress_bar
 from ..data.store import (FORMAT, INGEST_DIR, VERSION, RenderStore, create_arrays, finish_attrs, partial_path, read_attrs, write_shard)
 
 SHARD_BYTES = 64 * 2**20  # default shard: images per this many bytes of raw pixels
@@ -334,7 +330,7 @@ def _write_unfinished(plan: _Plan, done: set[int], comm, workers: int | None, pr
     rank, rank + K, …), with a progress bar (and `lines`) on rank 0."""
     rank, ranks = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
     mine = [s for s in range(rank, plan.shards, ranks) if s not in done]
-    with _progress_bar(progress and rank == 0) as bar:
+    with progress_bar(progress and rank == 0, rate=True) as bar:
         task = bar.add_task(label + (f" (rank 0 of {ranks})" if ranks > 1 else ""), total=plan.images_in(mine))
 
         written = 0
@@ -485,17 +481,6 @@ def _unpack(shared, rank: int):
 
 # ----------------------------------------------------------------------------------------------
 # Output
-
-
-class _RateColumn(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:.1f} img/s" if task.speed else "… img/s", style="progress.data.speed")
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                    disable=not enabled)
 
 
 def _say(message: str) -> None:

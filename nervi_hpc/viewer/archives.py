@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 from ..codec.archive import compression_ratio
 from ..data.store import RenderStore
-from ..stages.decode import Decoder, ParameterError
+from ..errors import ParameterError
+from ..stages.decode.decoder import Decoder
 from ..stages.evaluate import default_eval_dir
 from .frames import DEFAULT_CACHE_BYTES, FrameService
 

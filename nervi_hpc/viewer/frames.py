@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from ..data.store import RenderStore
-from ..stages.decode import Decoder, ParameterError
+from ..errors import ParameterError
+from ..stages.decode.decoder import Decoder
 from ..stages.evaluate import DELTA_E_SCALE, colour_map, delta_e_uv
 
 FORMATS = {"png": "image/png", "webp": "image/webp"}

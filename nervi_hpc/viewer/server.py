@@ -36,8 +36,7 @@ from typing import Any, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..data.store import RenderStore
-from ..errors import ArchiveError, ConfigError
-from ..stages.decode import ParameterError
+from ..errors import ArchiveError, ConfigError, ParameterError, RequestError
 from .archives import ViewedArchive, archive_ids
 from .frames import DEFAULT_CACHE_BYTES, Frame, neighbours
 
@@ -51,14 +50,6 @@ IDLE_TIMEOUT = 30.0      # seconds a kept-alive connection may wait for its next
 REQUEST_TIMEOUT = 10.0   # seconds each socket read or write of a request may take
 MAX_WORKERS = 16         # requests served at once (the frame service batches concurrent ones)
 MAX_CONNECTIONS = 512    # connections waiting between requests; beyond it a new one is closed at once
-
-
-class RequestError(Exception):
-    """A request the server refuses: its HTTP status and a one-line reason."""
-
-    def __init__(self, status: HTTPStatus, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 class Viewer:

@@ -7,7 +7,7 @@ from tests.stages.test_compress import make_run
 from nervi_hpc.codec.prune import prune
 from nervi_hpc.errors import ModelError
 from nervi_hpc.stages.compress import compress
-from nervi_hpc.stages.decode import Decoder
+from nervi_hpc.stages.decode.decoder import Decoder
 
 
 def state():

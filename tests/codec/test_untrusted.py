@@ -13,7 +13,7 @@ from tests.codec.test_fuzz import fuzz
 
 from nervi_hpc.codec import archive
 from nervi_hpc.errors import ArchiveError, ConfigError
-from nervi_hpc.stages.decode import Decoder, Limits, frame_elements
+from nervi_hpc.stages.decode.decoder import Decoder, Limits, frame_elements
 
 
 @contextlib.contextmanager

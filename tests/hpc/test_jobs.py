@@ -19,12 +19,11 @@ import yaml
 
 from nervi_hpc.cli import main
 from nervi_hpc.config import ClusterConfig, Profile, StageResources, load_cluster
-from nervi_hpc.errors import ArchiveError, ConfigError
+from nervi_hpc.errors import ArchiveError, ConfigError, RunError
 from nervi_hpc.hpc import manifest, scheduler
-from nervi_hpc.hpc.manifest import RunError
 from nervi_hpc.hpc.status import fetch, snapshot
 from nervi_hpc.paths import RunPaths, StoragePaths
-from nervi_hpc.stages.decode import Decoder
+from nervi_hpc.stages.decode.decoder import Decoder
 
 TINY = {"name": "tiny",
         "source": {"kind": "synthetic", "scene": "blobs", "mode": "ir", "size": 16, "t": 0,

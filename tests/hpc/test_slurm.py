@@ -20,7 +20,7 @@ from nervi_hpc.config import ClusterConfig, Profile
 from nervi_hpc.hpc import manifest, scheduler
 from nervi_hpc.hpc.status import snapshot
 from nervi_hpc.paths import StoragePaths
-from nervi_hpc.stages.decode import Decoder
+from nervi_hpc.stages.decode.decoder import Decoder
 from tests.hpc.test_jobs import TINY, wait_until, write_spec
 
 pytestmark = pytest.mark.slurm

@@ -10,8 +10,9 @@ import time
 import pytest
 
 from nervi_hpc.cli import main
+from nervi_hpc.errors import RunError, SchedulerError
 from nervi_hpc.hpc import manifest, scheduler
-from nervi_hpc.hpc.manifest import Manifest, RunError, StageState
+from nervi_hpc.hpc.manifest import Manifest, StageState
 from nervi_hpc.hpc.scheduler import Slurm, Verdict, apply_verdicts
 from nervi_hpc.hpc.status import fetch, snapshot, training_progress
 from nervi_hpc.paths import StoragePaths
@@ -158,7 +159,7 @@ def test_local_run_on_another_host_is_left_alone(storage):
     paths = storage.run("far")
     manifest.update(paths, lambda m: setattr(m, "driver", {"pid": 1, "host": "some-other-host"}))
     assert snapshot([paths])[0].manifest.state == "running"
-    with pytest.raises(scheduler.SchedulerError, match="cancel it there"):
+    with pytest.raises(SchedulerError, match="cancel it there"):
         scheduler.cancel(paths)
 
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from nervi_hpc.errors import ModelError
-from nervi_hpc.model.network import (MAX_FACTOR, MAX_STEM_CELLS, GeluLayer, ModelConfig, NeRVI, PositionalEncoding, SineLayer, composite, count_parameters, model_config, plan_upscale, preset, to_uint8)
+from nervi_hpc.model.network import (MAX_FACTOR, MAX_STEM_CELLS, GeluLayer, ModelConfig, NeRVI,
+                                     PositionalEncoding, SineLayer, composite, count_parameters, model_config,
+                                     plan_upscale, preset, to_uint8)
 
 TINY = ModelConfig(c1=8, c2=16, min_channels=4)
 

@@ -12,12 +12,15 @@ from tests.stages.test_compress import make_run
 
 from nervi_hpc.cli import main
 from nervi_hpc.codec.archive import PREFIX, read_archive
+from nervi_hpc.codec.header import ArchiveMeta
 from nervi_hpc.data.dataset import normalize
-from nervi_hpc.model import checkpoint
-from nervi_hpc.stages.compress import compress
-from nervi_hpc.stages.decode import (ArchiveMeta, Decoder, ParameterError, build_model, parse_assignments, pick_device, png_name, read_params_csv, unseen_notes, write_outputs)
 from nervi_hpc.data.store import RenderStore
-from nervi_hpc.errors import ArchiveError, ConfigError
+from nervi_hpc.errors import ArchiveError, ConfigError, ParameterError
+from nervi_hpc.model import checkpoint
+from nervi_hpc.parameters import parse_assignments, png_name, read_params_csv
+from nervi_hpc.stages.compress import compress
+from nervi_hpc.stages.decode.decoder import Decoder, build_model, pick_device, unseen_notes
+from nervi_hpc.stages.decode.outputs import write_outputs
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from nervi_hpc.cli import main
 from nervi_hpc.codec.archive import read_header
 from nervi_hpc.errors import ConfigError
 from nervi_hpc.stages.compress import compress
-from nervi_hpc.stages.decode import Decoder
+from nervi_hpc.stages.decode.decoder import Decoder
 from nervi_hpc.viewer import Viewer, make_server, serve_in_thread
 from nervi_hpc.viewer.archives import archive_ids
 from nervi_hpc.viewer.frames import PLAY_AHEAD, Frame, FrameCache, FrameService, neighbours

@@ -19,7 +19,7 @@ import pytest
 from tests.stages.test_compress import make_run
 
 from nervi_hpc.stages.compress import compress
-from nervi_hpc.stages.decode import Decoder
+from nervi_hpc.stages.decode.decoder import Decoder
 from nervi_hpc.viewer import Viewer, serve_in_thread
 
 pytestmark = pytest.mark.browser
