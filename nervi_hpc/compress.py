@@ -29,6 +29,7 @@ from .evaluate import EvalResult, finite_or_none
 from .evaluate import evaluate as evaluate_archive
 from .model import ModelConfig
 from .paths import RunPaths
+from .progress import ProgressLog
 from .store import RenderStore
 
 
@@ -69,13 +70,14 @@ class CompressResult:
 def compress(run_dir: str | os.PathLike, *, bits: int = DEFAULT_BITS, name: str | None = None,
              evaluate: bool = True, device: str | torch.device | None = None,
              progress: bool = False, prune: float | None = None,
-             source: str | os.PathLike | None = None) -> CompressResult:
+             source: str | os.PathLike | None = None, lines: ProgressLog | None = None) -> CompressResult:
     """Write `run_dir/archive/<name>.nervi` from the latest complete checkpoint (or the
     checkpoint folder `source`, e.g. a snapshot), then (unless `evaluate` is false) evaluate it
     against the run's store into `run_dir/eval/`.
 
     `name` defaults to the dataset's name; it must be a plain file name stem. `prune`: the
     fraction of weights zeroed by global magnitude pruning before quantization (codec.prune).
+    `lines` reports the evaluation's progress (a job's log and `watch`).
     """
     paths = RunPaths(Path(run_dir))
     found = Path(source) if source is not None else checkpoint.latest(paths.checkpoints)
@@ -94,7 +96,8 @@ def compress(run_dir: str | os.PathLike, *, bits: int = DEFAULT_BITS, name: str 
     path = paths.archive_dir / f"{name}.nervi"
     quantized = quantize(weights, bits)
     size = write_archive(path, quantized, meta.to_json())
-    evaluation = (evaluate_archive(path, paths.store, paths.eval_dir, device=device, progress=progress)
+    evaluation = (evaluate_archive(path, paths.store, paths.eval_dir, device=device, progress=progress,
+                                   lines=lines)
                   if evaluate else None)
     return CompressResult(archive=path, bytes=size, bits=bits, parameters=quantized.parameter_count,
                           images=store.count, height=store.height, width=store.width, checkpoint=found,

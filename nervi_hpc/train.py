@@ -287,10 +287,11 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             log.write(epoch=epoch, step=step, loss=loss_value, psnr=psnr_value,
                       lr=optimizer.param_groups[0]["lr"], images_per_s=rate, eta_s=eta,
                       elapsed_s=trained_seconds, epochs=cfg.epochs, budget_s=budget_s)
-            bar.update(epoch, loss_value, psnr_value, rate, eta)
+            if budget_s is not None:  # the time budget ends the run first when it is shorter
+                eta = min(eta, max(budget_s - trained_seconds, 0.0))
+            bar.update(epoch, cfg.epochs, loss_value, psnr_value, rate, eta, trained_seconds, budget_s)
             lines(epoch=epoch, epochs=cfg.epochs, loss=loss_value, psnr=psnr_value, images_per_s=rate,
-                  elapsed_s=trained_seconds, budget_s=budget_s,
-                  eta_s=eta if budget_s is None else min(eta, max(budget_s - trained_seconds, 0.0)))
+                  elapsed_s=trained_seconds, budget_s=budget_s, eta_s=eta)
         if cfg.until_gain_db and cooldown is None and not stopped:
             history.append((budget_seconds(time.monotonic()), psnr_value))
             # cool down only when every rank sees the plateau (their PSNRs are of different batches)
@@ -367,22 +368,29 @@ def _agree(values: list[float], env: Distributed) -> list[float]:
 
 
 class _ProgressBar:
-    """Rank 0's rich progress: epoch, loss, PSNR, img/s, ETA (a no-op when disabled)."""
+    """Rank 0's rich progress: the share of the epochs or of the time budget done, whichever is
+    larger (the run ends at the first of the two), epoch, loss, PSNR, img/s, time, ETA (a no-op
+    when disabled)."""
 
     def __init__(self, enabled: bool, epochs: int, done: int):
         self.progress = None
         if enabled:
-            from rich.progress import BarColumn, Progress, TextColumn
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.description}"))
-            self.task = self.progress.add_task("", total=epochs, completed=done)
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), TaskProgressColumn(),
+                                     TextColumn("{task.description}"))
+            self.task = self.progress.add_task("", total=1.0, completed=done / epochs)
             self.progress.start()
 
-    def update(self, epoch, loss, psnr_db, rate, eta):
+    def update(self, epoch, epochs, loss, psnr_db, rate, eta, elapsed_s, budget_s):
         if self.progress:
-            self.progress.update(self.task, completed=epoch, description=(
-                f"epoch {epoch} · loss {loss:.4f} · PSNR {psnr_db:.2f} dB · {rate:.1f} img/s · "
-                f"ETA {eta / 60:.1f} min"))
+            from .status import human_duration
+
+            share = max(epoch / epochs, elapsed_s / budget_s if budget_s else 0.0)
+            spent = human_duration(elapsed_s) + (f" of {human_duration(budget_s)}" if budget_s else "")
+            self.progress.update(self.task, completed=min(share, 1.0), description=(
+                f"epoch {epoch}/{epochs} · loss {loss:.4f} · PSNR {psnr_db:.2f} dB · {rate:.1f} img/s · "
+                f"{spent} · ETA {human_duration(eta) if eta == eta else '?'}"))
 
     def close(self):
         if self.progress:
