@@ -67,7 +67,7 @@ class CompressResult:
                 f"({self.bits}-bit, {self.bits_per_parameter:.2f} bits/parameter), {quality}")
 
 
-def compress(run_dir: str | os.PathLike, *, bits: int = DEFAULT_BITS, name: str | None = None,
+def compress(run_dir: str | os.PathLike, *, bits: int | None = None, name: str | None = None,
              evaluate: bool = True, device: str | torch.device | None = None,
              progress: bool = False, prune: float | None = None,
              source: str | os.PathLike | None = None, lines: ProgressLog | None = None) -> CompressResult:
@@ -75,6 +75,7 @@ def compress(run_dir: str | os.PathLike, *, bits: int = DEFAULT_BITS, name: str 
     checkpoint folder `source`, e.g. a snapshot), then (unless `evaluate` is false) evaluate it
     against the run's store into `run_dir/eval/`.
 
+    `bits` defaults to the run's `model.bits` (what it was sized and trained for, else 9).
     `name` defaults to the dataset's name; it must be a plain file name stem. `prune`: the
     fraction of weights zeroed by global magnitude pruning before quantization (codec.prune).
     `lines` reports the evaluation's progress (a job's log and `watch`).
@@ -84,6 +85,8 @@ def compress(run_dir: str | os.PathLike, *, bits: int = DEFAULT_BITS, name: str 
     if found is None:
         raise NerviError(f"{paths.checkpoints}: no complete checkpoint; train the run first")
     state, config = checkpoint.load(found)
+    if bits is None:
+        bits = config.get("dataset", {}).get("model", {}).get("bits", DEFAULT_BITS)
     store = RenderStore.open(paths.store)
     meta = archive_meta(state, config, found.name, store, bits, _final_figures(paths.metrics, state["step"]))
     weights = state["model"]

@@ -25,7 +25,8 @@ from . import checkpoint
 from .config import DatasetSpec, TrainSpec, to_dict
 from .data import RenderDataset, ResidentBatches, ShardAwareSampler, fits_resident, keep_batch
 from .loss import loss_for, psnr
-from .model import ModelConfig, NeRVI, composite, count_parameters, model_config
+from .codec.quantize import as_archived
+from .model import ModelConfig, NeRVI, archive_bits, composite, count_parameters, model_config
 from .paths import RunPaths
 from .progress import ProgressLog
 
@@ -150,6 +151,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     env = setup_distributed()
     data = RenderDataset(paths.store)
     mcfg = model_config(spec.model, data.height, data.width, count=data.count, grids=data.grids)
+    bits = archive_bits(spec.model)
     batch_size = cfg.batch_size or default_batch_size(data.count, env.world_size)
     sampler = ShardAwareSampler(data.count, data.shard_size, batch_size, env.rank, env.world_size, cfg.seed)
     if fits_resident(data.count, data.height, data.width, env.device, cfg.resident_share):
@@ -245,11 +247,15 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
                 break
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, progress, None if cooldown is None else cooldown.progress(elapsed))
-            with autocast:
-                output = net(inputs)
-                loss = loss_fn(output.float(), images, masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # quantization-aware in the cooldown: the step's gradient is taken at the archived
+            # weights and applied to the float ones (straight-through)
+            in_cooldown = cooldown is not None or (not cfg.until_gain_db and progress >= 1 - cfg.cooldown_share)
+            with archived_weights(module, bits, cfg.qat and in_cooldown):
+                with autocast:
+                    output = net(inputs)
+                    loss = loss_fn(output.float(), images, masks)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             if cfg.clip_grad:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
@@ -298,7 +304,8 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             flat, now = _agree([float(not plateaued(history, cfg.until_gain_db)), history[-1][0]], env)
             if flat == 0.0:
                 cooldown = Cooldown(now, cfg.cooldown_share * now)
-    recalibrate_batchnorm(module, data.inputs.to(env.device), batch_size)
+    with archived_weights(module, bits, cfg.qat):  # the statistics of the weights the archive holds
+        recalibrate_batchnorm(module, data.inputs.to(env.device), batch_size)
     final = save(stopped and not converged)
     bar.close()
     if log:
@@ -310,6 +317,26 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     return TrainResult(str(final or checkpoint.latest(paths.checkpoints)), epoch, step, trained_seconds,
                        images_seen / max(time.monotonic() - clock, 1e-9), loss_value, psnr_value,
                        count_parameters(module), stopped and not converged, _digest(module), converged)
+
+
+@contextlib.contextmanager
+def archived_weights(module: torch.nn.Module, bits: int, enabled: bool = True):
+    """Within the block, `module`'s parameters hold their values as the archive will at `bits`
+    bits (codec.quantize.as_archived); on leaving, their float values come back (gradients stay)."""
+    if not enabled:
+        yield
+        return
+    params = [p for p in module.parameters() if p.is_floating_point()]
+    floats = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.copy_(as_archived(p, bits))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, floats):
+                p.copy_(value)
 
 
 PLATEAU_WINDOW = 5  # epochs averaged at each end of the last quarter: one epoch's PSNR is noisy

@@ -16,7 +16,7 @@ import yaml
 
 from nervi_hpc import checkpoint
 from nervi_hpc.config import DatasetSpec, build, load_dataset
-from nervi_hpc.train import Cooldown, _ProgressBar, learning_rate, plateaued, train
+from nervi_hpc.train import Cooldown, _ProgressBar, archived_weights, learning_rate, plateaued, train
 
 TINY_MODEL = {"c1": 8, "c2": 16, "min_channels": 8, "norm": "none"}
 
@@ -80,6 +80,44 @@ def test_the_progress_bar_follows_the_time_budget_when_it_ends_the_run_first():
         assert bar.progress.tasks[0].completed == pytest.approx(0.5)
     finally:
         bar.close()
+
+
+def test_archived_weights_hold_the_archive_values_inside_and_the_floats_after():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 3)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    with archived_weights(layer, 3):
+        assert len(torch.unique(layer.weight[0])) <= 8  # 3 bits: at most 8 levels per row
+        layer(torch.randn(2, 5)).sum().backward()
+    assert all(torch.equal(layer.state_dict()[k], v) for k, v in before.items())
+    assert layer.weight.grad is not None  # the gradient at the archived weights is kept
+
+
+def test_quantization_aware_training_takes_the_cooldown_steps_at_the_archived_weights(tmp_path, make_store,
+                                                                                      monkeypatch):
+    """With `qat`, the steps of the last cooldown_share of a cosine run (and the final BatchNorm
+    pass) see the weights at the run's model.bits, and compress writes those bits."""
+    import nervi_hpc.train as training
+    from nervi_hpc.compress import compress
+
+    make_store(size=16)  # 16 images: 4 steps per epoch at batch 4
+    seen = []
+    real = training.archived_weights
+
+    def recording(module, bits, enabled=True):
+        seen.append((bits, enabled))
+        return real(module, bits, enabled)
+
+    monkeypatch.setattr(training, "archived_weights", recording)
+    run_spec = build(DatasetSpec, {"name": "tiny", "source": {"kind": "synthetic"},
+                                   "model": {**TINY_MODEL, "bits": 6},
+                                   "train": {"loader_workers": 0, "epochs": 10, "batch_size": 4,
+                                             "cooldown_share": 0.4, "qat": True}})
+    train(tmp_path, run_spec, progress=False)
+    steps = [enabled for _, enabled in seen[:-1]]
+    assert steps == [False] * 24 + [True] * 16  # steps 24…39 of 40: progress ≥ 0.6
+    assert seen[-1] == (6, True) and {bits for bits, _ in seen} == {6}
+    assert compress(tmp_path, name="tiny", evaluate=False).bits == 6
 
 
 def test_training_to_convergence_stops_after_its_cooldown_and_keeps_snapshots(tmp_path, make_store):
