@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("compress", help="latest checkpoint of RUN_DIR → archive/<name>.nervi → eval/")
     p.add_argument("run_dir", help="run folder holding checkpoints/ and renders.zarr")
-    p.add_argument("--bits", type=int, default=9, help="quantization bits (default 9)")
+    p.add_argument("--bits", type=int, help="quantization bits (default: the run's model.bits, else 9)")
     p.add_argument("--name", help="archive name (default: the dataset's name)")
     p.add_argument("--no-eval", action="store_true", help="write the archive only")
     p.add_argument("--device", help="evaluation device: cpu, cuda or cuda:N (default: CUDA when present)")

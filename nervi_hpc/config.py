@@ -160,6 +160,9 @@ class TrainSpec:
     CPU time instead of wall-clock time: a fair budget on a shared machine (one thread per run).
     `resident_share`: the collection is loaded once onto the training device when its uint8
     images and masks take at most this share of the device's memory (0: always stream it).
+    `qat` trains the cooldown quantization-aware at `model.bits`: each step's gradient is taken
+    at the weights as the archive will hold them and applied to the float weights (without
+    `until_gain_db`, the cooldown is the last `cooldown_share` of the run).
     """
 
     epochs: int = field(default=300, metadata=check(_positive, "a positive count"))
@@ -189,6 +192,7 @@ class TrainSpec:
         lambda v: all(m > 0 for m in v), "positive numbers of training minutes"))
     until_gain_db: float | None = field(default=None, metadata=check(lambda v: v is None or v > 0,
                                                                      "a positive number of dB"))
+    qat: bool = False
 
 
 @dataclass(frozen=True)
@@ -500,13 +504,14 @@ def check_model_section(section: dict[str, Any]) -> None:
     """ConfigError for a `model:` section with an unknown preset or key or a bad value (what
     depends on the image size, such as stem and upscale factors, is checked when it is built)."""
     from .errors import ModelError
-    from .model.network import DEFAULT_PRESET, PRESETS, ModelConfig  # torch: only where a spec is loaded
+    from .model.network import DEFAULT_PRESET, PRESETS, SIZING_KEYS, ModelConfig, archive_bits  # torch: only here
 
     name = section.get("preset", DEFAULT_PRESET)
     if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(f"model.preset: unknown preset {name!r} (presets: {', '.join(PRESETS)})")
-    overrides = {k: v for k, v in section.items() if k not in ("preset", "target_cr")}
+    overrides = {k: v for k, v in section.items() if k not in ("preset", *SIZING_KEYS)}
     try:
+        archive_bits(section)
         ModelConfig.from_dict({**PRESETS[name].to_dict(), **overrides})
     except ModelError as e:
         raise ConfigError(str(e)) from None

@@ -28,10 +28,11 @@ def memory_bytes() -> dict[str, int]:
 
 
 def describe(record: dict) -> str:
-    """One line of a progress record's figures: images or epoch, loss, PSNR, rate, time, host, memory."""
+    """One line of a progress record's figures: the step, images or epoch, loss, PSNR, rate, time,
+    host, memory."""
     from .hpc.status import human_duration
 
-    parts = []
+    parts = [record["step"]] if isinstance(record.get("step"), str) else []
     if "images" in record:
         parts.append(f"{record['images']}/{record['total']} images")
     if "epoch" in record:

@@ -120,7 +120,8 @@ def short_run(tmp_path_factory):
     (folder, cli environment, run id, submit's output)."""
     folder = tmp_path_factory.mktemp("short")
     env = local_cluster(folder)
-    ran = cli("submit", write_spec(folder, "short", epochs=300, max_minutes=0.01), "--wait", env=env)
+    # 60 ms: a few epochs of the 12 tiny images even on an idle machine (the warning needs < 20)
+    ran = cli("submit", write_spec(folder, "short", epochs=300, max_minutes=0.001), "--wait", env=env)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     run_id = json.loads(cli("list", "--json", env=env).stdout)[0]["run"]
     return folder, env, run_id, ran.stdout
@@ -202,6 +203,7 @@ def test_jobs_log_progress_lines_that_logs_follow_shows_across_stages(tmp_path):
     out = followed.stdout
     assert "[nervi-hpc] ingest: 4/12 images" in out and "[nervi-hpc] ingest: 12/12 images" in out
     assert "[nervi-hpc] train: epoch 1/300 · loss " in out and " of 3s · ETA " in out and "(RSS " in out
+    assert "[nervi-hpc] compress: evaluate · 12/12 images · " in out
     assert out.count("==> ") == 2 and out.rstrip().endswith("Exiting after successful completion")
     assert out.index("ingest: done") < out.index("train: done") < out.index("compress: done")
 

@@ -11,7 +11,7 @@ baseline codecs (nervi_hpc.bench.baselines):
         train: {mask_loss: l1}       # overrides of the dataset's train: section
         target_cr: [100, 300, 700]   # one training run per value (model.target_cr); omit: the model as given
         max_minutes: 10              # training time per run
-        bits: [9]                    # quantization bits, each an archive of the same checkpoint
+        bits: [9]                    # archives of the same checkpoint at these bits (default: model.bits, else 9)
         prune: []                    # also archives with these fractions of weights pruned
     baselines:                       # omitted: every codec with its default sweep
       - h264
@@ -20,7 +20,7 @@ baseline codecs (nervi_hpc.bench.baselines):
 Each variant × target_cr trains in OUT/runs/<label>-cr<N>/ (renders.zarr is a link to the shared
 store); each archive or codec setting is evaluated into OUT/results/<method>/<setting>/
 (summary.json as `nervi-hpc eval`), where a nervi method is the label with `-b<bits>` (bits other
-than 9) and `-p<fraction>` (pruned) appended, and its setting `cr<N>`. Whatever is finished is
+than the run's model.bits) and `-p<fraction>` (pruned) appended, and its setting `cr<N>`. Whatever is finished is
 skipped on a re-run, so a bench killed halfway resumes. Last, the report: OUT/results.json (every
 point), OUT/results.md (PSNR and foreground PSNR at CR ≈ 100/300/700/1000, BD-rates of each
 nervi method against each codec, the raw points) and OUT/rd-psnr.png, OUT/rd-msssim.png.
@@ -66,8 +66,8 @@ class NerviVariant:
         lambda v: v is None or (v and all(x > 1 for x in v)), "a non-empty list of numbers > 1"))
     max_minutes: float | None = field(default=None, metadata=check(lambda v: v is None or v > 0,
                                                                    "a positive number of minutes"))
-    bits: list[int] = field(default_factory=lambda: [DEFAULT_BITS], metadata=check(
-        lambda v: v and all(2 <= b <= 16 for b in v), "a non-empty list of bit counts in 2..16"))
+    bits: list[int] | None = field(default=None, metadata=check(
+        lambda v: v is None or (v and all(2 <= b <= 16 for b in v)), "a non-empty list of bit counts in 2..16"))
     prune: list[float] = field(default_factory=list, metadata=check(
         lambda v: all(0 < p < 1 for p in v), "fractions in (0, 1)"))
 
@@ -81,10 +81,16 @@ class NerviVariant:
             return [("model", dict(self.model))]
         return [(f"cr{cr:g}", {**self.model, "target_cr": cr}) for cr in self.target_cr]
 
+    @property
+    def own_bits(self) -> int:
+        """The bits the run is sized and trained for (model.bits, default 9)."""
+        return self.model.get("bits", DEFAULT_BITS)
+
     def archives(self) -> list[tuple[str, int, float | None]]:
-        """(method, bits, prune fraction) of each archive written from a run's checkpoint."""
-        return [(self.label + ("" if b == DEFAULT_BITS else f"-b{b}") + ("" if p is None else f"-p{p:g}"), b, p)
-                for b in self.bits for p in (None, *self.prune)]
+        """(method, bits, prune fraction) of each archive written from a run's checkpoint (by
+        default one at the run's own bits, whose method is the label)."""
+        return [(self.label + ("" if b == self.own_bits else f"-b{b}") + ("" if p is None else f"-p{p:g}"), b, p)
+                for b in self.bits or [self.own_bits] for p in (None, *self.prune)]
 
 
 @dataclass(frozen=True)
@@ -261,7 +267,7 @@ class Bench:
             result = train(run_dir, spec, progress=self.progress)
             atomic.write_text(marker, json.dumps(asdict(result), indent=2) + "\n")
             self.say(f"  {result.summary()}")
-        if bits == DEFAULT_BITS and fraction is None:
+        if bits == variant.own_bits and fraction is None:
             for snapshot in checkpoint.complete_steps(paths.snapshots):
                 where = out / "time" / snapshot.name
                 if not (where / "summary.json").is_file():

@@ -106,6 +106,19 @@ def _quantize_tensor(name: str, tensor: torch.Tensor, bits: int) -> QuantizedTen
                            minimum=minimum, scale=scale, symbols=symbols)
 
 
+@torch.no_grad()
+def as_archived(tensor: torch.Tensor, bits: int) -> torch.Tensor:
+    """`tensor` as the archive returns it at `bits` bits: per-channel min/scale as in `quantize`,
+    computed in float32 on the tensor's device (for quantization-aware training)."""
+    rows = tensor.detach().float().reshape(channel_count(tuple(tensor.shape)), -1)
+    if rows.shape[1] == 0:
+        return tensor.detach().clone()
+    low = rows.amin(dim=1, keepdim=True)
+    scale = (rows.amax(dim=1, keepdim=True) - low) / ((1 << bits) - 1)
+    symbols = torch.round((rows - low) / torch.where(scale > 0, scale, torch.ones_like(scale)))
+    return (low + symbols.clamp_(0, (1 << bits) - 1) * scale).reshape(tensor.shape).to(tensor.dtype)
+
+
 def dequantize_tensor(q: QuantizedTensor) -> torch.Tensor:
     """min + μ·scale in float32, shaped like the original tensor."""
     rows = _as_rows(q.symbols, q.shape).astype(np.float32)

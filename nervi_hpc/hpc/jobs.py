@@ -104,7 +104,7 @@ class CompressJob(StageJob):
     def run(self, paths: RunPaths) -> dict[str, Any]:
         from ..stages.compress import compress
 
-        result = compress(paths.root, progress=False)
+        result = compress(paths.root, progress=False, lines=ProgressLog("compress", paths.progress("compress")))
         _say(result.summary())
         return compress_figures(result, paths)
 

@@ -150,6 +150,8 @@ class RunView:
                 return "starting"
             eta = f" · ETA {human_duration(t.eta_s)}" if record.state == "running" and t.eta_s is not None else ""
             return f"epoch {t.epoch}/{t.epochs} · loss {_show(t.loss, '.4f')} · PSNR {_show(t.psnr, '.2f')} dB{eta}"
+        if stage == "compress" and now and "images" in now:
+            return f"{now.get('step', 'compress')}: {now['images']}/{now['total']} images"
         if stage == "compress" and f:
             return (f"{human_bytes(f['bytes'])}, CR {f['compression_ratio']:.1f}, PSNR {_show(f['psnr'], '.2f')} dB "
                     f"→ {f['archive']}")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..codec.quantize import channel_count
+from ..codec.quantize import DEFAULT_BITS, MAX_BITS, MIN_BITS, channel_count
 from ..config import build, check
 from ..errors import ConfigError, ModelError
 
@@ -178,28 +178,29 @@ def preset(name: str, height: int, width: int) -> ModelConfig:
 
 DEFAULT_TARGET_CR = 300.0
 SIZED_MIN_CHANNELS = 4
+SIZING_KEYS = ("target_cr", "bits")  # keys of the `model:` section that are not ModelConfig fields
 
 
 def model_config(section: dict[str, Any], height: int, width: int, *, count: int | None = None,
-                 num_params: int = 3, bits: int = 9,
-                 grids: Mapping[str, Sequence[float]] | None = None) -> ModelConfig:
+                 num_params: int = 3, grids: Mapping[str, Sequence[float]] | None = None) -> ModelConfig:
     """The `model:` section of dataset.yaml, resolved for `count` images of height × width.
 
     `preset` (default `paper`) names the base; any other ModelConfig key overrides that field.
     `target_cr` sizes the widths instead: the largest c2 (with c1 = c2/4 and at least
-    SIZED_MIN_CHANNELS channels per block) whose `bits`-bit weights fit count·H·W·3 / target_cr
-    bytes. A section that names neither a preset nor c1/c2 is sized for DEFAULT_TARGET_CR, so a
+    SIZED_MIN_CHANNELS channels per block) whose archive at `bits` bits per weight (archive_bits:
+    default 9) fits count·H·W·3 / target_cr bytes. A section that names neither a preset nor c1/c2 is sized for DEFAULT_TARGET_CR, so a
     collection gets a model in proportion to it; `preset: paper` alone is exactly the paper.
     `grids` (each parameter's sampled values, in input order) fills in `periods` and `grid_size`.
     """
-    valid = ["preset", "target_cr"] + [f.name for f in dataclasses.fields(ModelConfig)]
+    valid = ["preset", *SIZING_KEYS] + [f.name for f in dataclasses.fields(ModelConfig)]
     for key in section:
         if key not in valid:
             raise ModelError(f"model.{key}: unknown key {key!r} (valid: {', '.join(valid)})")
     name = section.get("preset", DEFAULT_PRESET)
     if not isinstance(name, str) or name not in PRESETS:
         raise ModelError(f"model.preset: unknown preset {name!r} (presets: {', '.join(PRESETS)})")
-    overrides = {k: v for k, v in section.items() if k not in ("preset", "target_cr")}
+    bits = archive_bits(section)
+    overrides = {k: v for k, v in section.items() if k not in ("preset", *SIZING_KEYS)}
     config = ModelConfig.from_dict({**PRESETS[name].to_dict(), **overrides}).resolved(height, width)
     if grids is not None:
         config = with_parameter_grids(config, grids)
@@ -216,6 +217,15 @@ def model_config(section: dict[str, Any], height: int, width: int, *, count: int
     if count is None:
         raise ModelError("model.target_cr: the image count is needed to size the model")
     return sized_for(config, height, width, num_params, count=count, target_cr=target, bits=bits)
+
+
+def archive_bits(section: dict[str, Any]) -> int:
+    """The quantization bits per weight of the `model:` section (`bits`, default DEFAULT_BITS):
+    what `target_cr` sizes for, quantization-aware training trains for and compress writes."""
+    bits = section.get("bits", DEFAULT_BITS)
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ModelError(f"model.bits: bad value {bits!r} (expected an integer in {MIN_BITS}..{MAX_BITS})")
+    return bits
 
 
 def with_parameter_grids(config: ModelConfig, grids: Mapping[str, Sequence[float]]) -> ModelConfig:

@@ -28,6 +28,7 @@ from ..errors import ConfigError, NerviError, StoreError
 from ..model import checkpoint
 from ..model.network import ModelConfig
 from ..paths import RunPaths
+from ..progress import ProgressLog
 from .evaluate import EvalResult, evaluate as evaluate_archive, finite_or_none
 
 
@@ -65,22 +66,26 @@ class CompressResult:
                 f"({self.bits}-bit, {self.bits_per_parameter:.2f} bits/parameter), {quality}")
 
 
-def compress(run_dir: str | os.PathLike, *, bits: int = DEFAULT_BITS, name: str | None = None,
+def compress(run_dir: str | os.PathLike, *, bits: int | None = None, name: str | None = None,
              evaluate: bool = True, device: str | torch.device | None = None,
              progress: bool = False, prune: float | None = None,
-             source: str | os.PathLike | None = None) -> CompressResult:
+             source: str | os.PathLike | None = None, lines: ProgressLog | None = None) -> CompressResult:
     """Write `run_dir/archive/<name>.nervi` from the latest complete checkpoint (or the
     checkpoint folder `source`, e.g. a snapshot), then (unless `evaluate` is false) evaluate it
     against the run's store into `run_dir/eval/`.
 
+    `bits` defaults to the run's `model.bits` (what it was sized and trained for, else 9).
     `name` defaults to the dataset's name; it must be a plain file name stem. `prune`: the
     fraction of weights zeroed by global magnitude pruning before quantization (codec.prune).
+    `lines` reports the evaluation's progress (a job's log and `watch`).
     """
     paths = RunPaths(Path(run_dir))
     found = Path(source) if source is not None else checkpoint.latest(paths.checkpoints)
     if found is None:
         raise NerviError(f"{paths.checkpoints}: no complete checkpoint; train the run first")
     state, config = checkpoint.load(found)
+    if bits is None:
+        bits = config.get("dataset", {}).get("model", {}).get("bits", DEFAULT_BITS)
     store = RenderStore.open(paths.store)
     meta = archive_meta(state, config, found.name, store, bits, _final_figures(paths.metrics, state["step"]))
     weights = state["model"]
@@ -93,7 +98,8 @@ def compress(run_dir: str | os.PathLike, *, bits: int = DEFAULT_BITS, name: str 
     path = paths.archive_dir / f"{name}.nervi"
     quantized = quantize(weights, bits)
     size = write_archive(path, quantized, meta.to_json())
-    evaluation = (evaluate_archive(path, paths.store, paths.eval_dir, device=device, progress=progress)
+    evaluation = (evaluate_archive(path, paths.store, paths.eval_dir, device=device, progress=progress,
+                                   lines=lines)
                   if evaluate else None)
     return CompressResult(archive=path, bytes=size, bits=bits, parameters=quantized.parameter_count,
                           images=store.count, height=store.height, width=store.width, checkpoint=found,

@@ -38,7 +38,7 @@ from ..hpc.manifest import ending_warnings
 from ..model.loss import psnr as psnr_db
 from ..parameters import label, png_pattern
 from ..paths import RunPaths
-from ..progress import progress_bar
+from ..progress import ProgressLog, progress_bar
 from .decode.decoder import Decoder
 
 SCHEMA_VERSION = 1
@@ -324,13 +324,14 @@ def default_eval_dir(archive: str | os.PathLike) -> Path:
 
 def evaluate(archive: str | os.PathLike, store: str | os.PathLike, out_dir: str | os.PathLike, *,
              device: str | torch.device | None = None, batch_size: int | None = None,
-             progress: bool = True) -> EvalResult:
-    """Decode every image of `store` from `archive`, compare, and write the report to `out_dir`."""
+             progress: bool = True, lines: ProgressLog | None = None) -> EvalResult:
+    """Decode every image of `store` from `archive`, compare, and write the report to `out_dir`
+    (`lines`: a progress record of the images measured, for a job's log and `watch`)."""
     archive, out_dir = Path(archive), Path(out_dir)
     decoder = Decoder.open(archive, device=device, batch_size=batch_size)
     with tempfile.TemporaryDirectory(prefix="nervi-truth-") as scratch:
         renders = RenderStore.open(truth_store(store, decoder.meta, Path(scratch), progress))
-        return _evaluate(archive, decoder, renders, out_dir, progress, truth=Path(store))
+        return _evaluate(archive, decoder, renders, out_dir, progress, truth=Path(store), lines=lines)
 
 
 def truth_store(path: str | os.PathLike, meta, scratch: Path, progress: bool) -> Path:
@@ -355,7 +356,7 @@ def truth_store(path: str | os.PathLike, meta, scratch: Path, progress: bool) ->
 
 
 def _evaluate(archive: Path, decoder: Decoder, renders: RenderStore, out_dir: Path, progress: bool, *,
-              truth: Path) -> EvalResult:
+              truth: Path, lines: ProgressLog | None = None) -> EvalResult:
     meta = decoder.meta
     if renders.param_names != meta.names or (renders.height, renders.width) != (meta.height, meta.width):
         raise StoreError(f"{renders.path}: its images ({renders.width}×{renders.height}, parameters "
@@ -373,6 +374,8 @@ def _evaluate(archive: Path, decoder: Decoder, renders: RenderStore, out_dir: Pa
             decode_seconds += time.perf_counter() - clock
             yield range(start, stop), decoded
             bar.advance(task, stop - start)
+            if lines is not None:
+                lines(images=stop, total=count, step="evaluate")
 
     with progress_bar(progress) as bar:
         measured = measure(renders, decoded_batches(bar, bar.add_task(f"evaluate {archive.name}", total=count)),

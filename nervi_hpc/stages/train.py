@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..codec.quantize import as_archived
 from ..config import DatasetSpec, TrainSpec, to_dict
 from ..data.dataset import RenderDataset, ResidentBatches, ShardAwareSampler, fits_resident, keep_batch
 from ..model import checkpoint
 from ..model.loss import loss_for, psnr
-from ..model.network import ModelConfig, NeRVI, composite, count_parameters, model_config
+from ..model.network import ModelConfig, NeRVI, archive_bits, composite, count_parameters, model_config
 from ..paths import RunPaths
 from ..progress import ProgressLog
 
@@ -150,6 +151,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     env = setup_distributed()
     data = RenderDataset(paths.store)
     mcfg = model_config(spec.model, data.height, data.width, count=data.count, grids=data.grids)
+    bits = archive_bits(spec.model)
     batch_size = cfg.batch_size or default_batch_size(data.count, env.world_size)
     sampler = ShardAwareSampler(data.count, data.shard_size, batch_size, env.rank, env.world_size, cfg.seed)
     if fits_resident(data.count, data.height, data.width, env.device, cfg.resident_share):
@@ -245,11 +247,15 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
                 break
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, progress, None if cooldown is None else cooldown.progress(elapsed))
-            with autocast:
-                output = net(inputs)
-                loss = loss_fn(output.float(), images, masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # quantization-aware in the cooldown: the step's gradient is taken at the archived
+            # weights and applied to the float ones (straight-through)
+            in_cooldown = cooldown is not None or (not cfg.until_gain_db and progress >= 1 - cfg.cooldown_share)
+            with archived_weights(module, bits, cfg.qat and in_cooldown):
+                with autocast:
+                    output = net(inputs)
+                    loss = loss_fn(output.float(), images, masks)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             if cfg.clip_grad:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
@@ -287,17 +293,19 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             log.write(epoch=epoch, step=step, loss=loss_value, psnr=psnr_value,
                       lr=optimizer.param_groups[0]["lr"], images_per_s=rate, eta_s=eta,
                       elapsed_s=trained_seconds, epochs=cfg.epochs, budget_s=budget_s)
-            bar.update(epoch, loss_value, psnr_value, rate, eta)
+            if budget_s is not None:  # the time budget ends the run first when it is shorter
+                eta = min(eta, max(budget_s - trained_seconds, 0.0))
+            bar.update(epoch, cfg.epochs, loss_value, psnr_value, rate, eta, trained_seconds, budget_s)
             lines(epoch=epoch, epochs=cfg.epochs, loss=loss_value, psnr=psnr_value, images_per_s=rate,
-                  elapsed_s=trained_seconds, budget_s=budget_s,
-                  eta_s=eta if budget_s is None else min(eta, max(budget_s - trained_seconds, 0.0)))
+                  elapsed_s=trained_seconds, budget_s=budget_s, eta_s=eta)
         if cfg.until_gain_db and cooldown is None and not stopped:
             history.append((budget_seconds(time.monotonic()), psnr_value))
             # cool down only when every rank sees the plateau (their PSNRs are of different batches)
             flat, now = _agree([float(not plateaued(history, cfg.until_gain_db)), history[-1][0]], env)
             if flat == 0.0:
                 cooldown = Cooldown(now, cfg.cooldown_share * now)
-    recalibrate_batchnorm(module, data.inputs.to(env.device), batch_size)
+    with archived_weights(module, bits, cfg.qat):  # the statistics of the weights the archive holds
+        recalibrate_batchnorm(module, data.inputs.to(env.device), batch_size)
     final = save(stopped and not converged)
     bar.close()
     if log:
@@ -309,6 +317,26 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     return TrainResult(str(final or checkpoint.latest(paths.checkpoints)), epoch, step, trained_seconds,
                        images_seen / max(time.monotonic() - clock, 1e-9), loss_value, psnr_value,
                        count_parameters(module), stopped and not converged, _digest(module), converged)
+
+
+@contextlib.contextmanager
+def archived_weights(module: torch.nn.Module, bits: int, enabled: bool = True):
+    """Within the block, `module`'s parameters hold their values as the archive will at `bits`
+    bits (codec.quantize.as_archived); on leaving, their float values come back (gradients stay)."""
+    if not enabled:
+        yield
+        return
+    params = [p for p in module.parameters() if p.is_floating_point()]
+    floats = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.copy_(as_archived(p, bits))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, floats):
+                p.copy_(value)
 
 
 PLATEAU_WINDOW = 5  # epochs averaged at each end of the last quarter: one epoch's PSNR is noisy
@@ -367,22 +395,29 @@ def _agree(values: list[float], env: Distributed) -> list[float]:
 
 
 class _ProgressBar:
-    """Rank 0's rich progress: epoch, loss, PSNR, img/s, ETA (a no-op when disabled)."""
+    """Rank 0's rich progress: the share of the epochs or of the time budget done, whichever is
+    larger (the run ends at the first of the two), epoch, loss, PSNR, img/s, time, ETA (a no-op
+    when disabled)."""
 
     def __init__(self, enabled: bool, epochs: int, done: int):
         self.progress = None
         if enabled:
-            from rich.progress import BarColumn, Progress, TextColumn
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.description}"))
-            self.task = self.progress.add_task("", total=epochs, completed=done)
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), TaskProgressColumn(),
+                                     TextColumn("{task.description}"))
+            self.task = self.progress.add_task("", total=1.0, completed=done / epochs)
             self.progress.start()
 
-    def update(self, epoch, loss, psnr_db, rate, eta):
+    def update(self, epoch, epochs, loss, psnr_db, rate, eta, elapsed_s, budget_s):
         if self.progress:
-            self.progress.update(self.task, completed=epoch, description=(
-                f"epoch {epoch} · loss {loss:.4f} · PSNR {psnr_db:.2f} dB · {rate:.1f} img/s · "
-                f"ETA {eta / 60:.1f} min"))
+            from ..hpc.status import human_duration
+
+            share = max(epoch / epochs, elapsed_s / budget_s if budget_s else 0.0)
+            spent = human_duration(elapsed_s) + (f" of {human_duration(budget_s)}" if budget_s else "")
+            self.progress.update(self.task, completed=min(share, 1.0), description=(
+                f"epoch {epoch}/{epochs} · loss {loss:.4f} · PSNR {psnr_db:.2f} dB · {rate:.1f} img/s · "
+                f"{spent} · ETA {human_duration(eta) if eta == eta else '?'}"))
 
     def close(self):
         if self.progress:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from nervi_hpc.codec.quantize import QuantizedModel, dequantize, quantize
+from nervi_hpc.codec.quantize import QuantizedModel, as_archived, dequantize, quantize
 from nervi_hpc.errors import ModelError
 
 
@@ -143,3 +143,13 @@ def test_non_finite_weights_are_refused_with_the_tensor_name():
         quantize({"ok": torch.randn(3), "bad": torch.tensor([1.0, float("nan")])})
     with pytest.raises(ModelError, match="'huge'"):
         quantize({"huge": torch.tensor([-1e300, 1e300], dtype=torch.float64)})
+
+
+@pytest.mark.parametrize("bits", [3, 7, 9])
+def test_as_archived_gives_the_weights_the_archive_returns(bits):
+    torch.manual_seed(bits)
+    state = {"conv": torch.randn(6, 4, 3, 3), "bias": torch.randn(6) * 5, "flat": torch.full((3, 2), 0.25)}
+    restored = dequantize(quantize(state, bits))
+    for name, tensor in state.items():
+        step = (tensor.amax() - tensor.amin()) / ((1 << bits) - 1)
+        torch.testing.assert_close(as_archived(tensor, bits), restored[name], atol=float(step) * 1e-3 + 1e-6, rtol=0)

@@ -1,6 +1,7 @@
 """The watch dashboard, rendered to a recording rich Console for runs in every state."""
 
 import json
+import re
 import time
 
 import pytest
@@ -78,11 +79,27 @@ def test_focus_panel_shows_stages_progress_and_log_tail(storage):
     text = render(storage)
     assert "╭─ c-running" in text  # the newest active run is in focus
     assert "PENDING (Dependency)" in text and "RUNNING" in text
-    assert "running (1 restart)" in text and "2m 05s" in text
+    assert "running (1 restart)" in text and re.search(r"2m 0[5-9]s", text)  # started 125 s before, under load
     assert "384 images, 3 shards, 2.1 MB" in text
     assert "30% · epoch 12/40 · 30s of a 2m 00s budget · 48.5 img/s" in text
     assert "jobs/22_0_log.out" in text
     assert "log line 29" in text and "log line 17" not in text  # the last 12 lines
+
+
+def test_a_compressing_run_shows_the_evaluation_progress(storage):
+    make_run(storage, "g-compressing", ingest=StageState(state="done", job_id="61", figures=INGESTED),
+             train=StageState(state="done", job_id="62", figures={"epochs": 40}),
+             compress=StageState(state="running", job_id="63", started=time.time() - 20))
+    paths = storage.run("g-compressing")
+    paths.logs.mkdir()
+    record = {"stage": "compress", "time": time.time(), "host": "node7", "step": "evaluate", "images": 96,
+              "total": 384, "rss_bytes": 2_500_000_000}
+    paths.progress("compress").write_text(json.dumps(record) + "\n")
+    text = render(storage, focus="g-c")
+    assert "evaluate: 96/384 images" in text
+    assert "compress runs on node7 (RSS 2.5 GB)" in text
+    paths.progress("compress").write_text(json.dumps({**record, "time": time.time() - 60}) + "\n")
+    assert "96/384" not in render(storage, focus="g-c")  # a record older than this start is stale
 
 
 def test_focus_on_failed_and_done_runs(storage):

@@ -191,12 +191,14 @@ def test_model_section_is_a_preset_with_overrides():
     assert model_config({"preset": "paper"}, 256, 256) == preset("paper", 256, 256)
     config = model_config({"preset": "nerv", "c1": 8, "upscale": [2, 2]}, 64, 64)
     assert (config.arch, config.c1, config.c2, config.stem, config.upscale) == ("nerv", 8, 1024, (16, 16), (2, 2))
-    with pytest.raises(ModelError, match=r"model.widths: unknown key 'widths' \(valid: preset, target_cr, arch"):
+    with pytest.raises(ModelError, match=r"model.widths: unknown key 'widths' \(valid: preset, target_cr, bits, arch"):
         model_config({"widths": [8]}, 64, 64)
     with pytest.raises(ModelError, match="model.preset: unknown preset 'huge'"):
         model_config({"preset": "huge"}, 64, 64)
     with pytest.raises(ModelError, match="model.norm: bad value 'layer'"):
         model_config({"norm": "layer"}, 64, 64)
+    with pytest.raises(ModelError, match=r"model.bits: bad value 17 \(expected an integer in 2..16\)"):
+        model_config({"bits": 17}, 64, 64)
 
 
 def test_from_dict_rejects_unknown_keys_and_bad_values():
@@ -281,6 +283,9 @@ def test_target_cr_sizes_the_model_for_the_collection(name):
         assert config.c1 == max(8, round(config.c2 / 4)) and min(config.channels(5)) >= 4
     assert model_config({}, 256, 256, count=800, grids=VIEWS) == model_config(
         {"preset": "grid", "target_cr": 300}, 256, 256, count=800, grids=VIEWS)
+    fewer_bits = model_config({"preset": name, "target_cr": 300, "bits": 6}, 256, 256, count=800, grids=VIEWS)
+    nine = model_config({"preset": name, "target_cr": 300}, 256, 256, count=800, grids=VIEWS)
+    assert 1.3 < params(fewer_bits) / params(nine) < 1.6  # the same bytes hold more 6-bit weights
     with pytest.raises(ModelError, match="either target_cr or c1/c2"):
         model_config({"target_cr": 300, "c2": 64}, 256, 256, count=800)
     with pytest.raises(ModelError, match=r"target_cr \d+ or lower fits"):
