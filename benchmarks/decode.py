@@ -32,7 +32,8 @@ from nervi_hpc.data.sources import open_source
 from nervi_hpc.data.store import RenderStore
 from nervi_hpc.model import checkpoint
 from nervi_hpc.model.loss import psnr
-from nervi_hpc.model.network import NeRVI, count_parameters, model_config
+from nervi_hpc.model.network import NeRVI, count_parameters
+from nervi_hpc.model.sizing import model_config
 from nervi_hpc.stages.compress import archive_meta, compress
 from nervi_hpc.stages.decode.decoder import Decoder, build_model
 from nervi_hpc.stages.ingest import ingest

@@ -42,7 +42,8 @@ from nervi_hpc.codec.header import ArchiveMeta, Parameter
 from nervi_hpc.codec.quantize import quantize
 from nervi_hpc.data.dataset import normalize
 from nervi_hpc.errors import ArchiveError, NerviError
-from nervi_hpc.model.network import ModelConfig, NeRVI, with_parameter_grids
+from nervi_hpc.model.config import ModelConfig, with_parameter_grids
+from nervi_hpc.model.network import NeRVI
 from nervi_hpc.stages.decode.decoder import Decoder, model_skeleton
 
 OUTCOMES = ("clean", "uncaught", "hang", "memory", "NaN")

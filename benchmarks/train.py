@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from nervi_hpc.model.loss import loss_for
-from nervi_hpc.model.network import NeRVI, count_parameters, model_config
+from nervi_hpc.model.network import NeRVI, count_parameters
+from nervi_hpc.model.sizing import model_config
 from nervi_hpc.stages.ingest import ingest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the tests' disk scene

@@ -30,7 +30,8 @@ import torch
 from nervi_hpc.codec.archive import read_header, write_archive
 from nervi_hpc.codec.header import ArchiveMeta, Parameter
 from nervi_hpc.codec.quantize import quantize
-from nervi_hpc.model.network import NeRVI, count_parameters, model_config
+from nervi_hpc.model.network import NeRVI, count_parameters
+from nervi_hpc.model.sizing import model_config
 from nervi_hpc.viewer import Viewer, serve_in_thread
 
 CR300_MODEL = {"preset": "paper", "c1": 16, "c2": 64, "min_channels": 4}

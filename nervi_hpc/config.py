@@ -18,7 +18,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 
 RGB = tuple[int, int, int]
 MAX_GRID_VALUES = 1_000_000   # values of one parameter grid ({start, stop, step} is checked before it is built)
@@ -503,8 +503,8 @@ def load_dataset(path: str | os.PathLike) -> DatasetSpec:
 def check_model_section(section: dict[str, Any]) -> None:
     """ConfigError for a `model:` section with an unknown preset or key or a bad value (what
     depends on the image size, such as stem and upscale factors, is checked when it is built)."""
-    from .errors import ModelError
-    from .model.network import DEFAULT_PRESET, PRESETS, SIZING_KEYS, ModelConfig, archive_bits  # torch: only here
+    from .model.config import DEFAULT_PRESET, PRESETS, ModelConfig  # builds on this module's `build`
+    from .model.sizing import SIZING_KEYS, archive_bits  # torch: only where a spec is loaded
 
     name = section.get("preset", DEFAULT_PRESET)
     if not isinstance(name, str) or name not in PRESETS:

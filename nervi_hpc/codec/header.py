@@ -18,7 +18,7 @@ import numpy as np
 from .. import __version__
 from ..data.sources import MAX_IMAGES
 from ..errors import ArchiveError, ModelError
-from ..model.network import MAX_INPUTS, ModelConfig
+from ..model.config import MAX_INPUTS, ModelConfig
 
 META_VERSION = 1
 MAX_SIDE = 16384            # image height/width an archive may declare

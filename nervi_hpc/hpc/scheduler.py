@@ -222,7 +222,8 @@ def preflight(spec, spec_path) -> str:
 
     from ..data.sources import open_source
     from ..errors import ModelError
-    from ..model.network import count_parameters, model_config
+    from ..model.network import count_parameters
+    from ..model.sizing import model_config
 
     try:
         source = open_source(spec.source)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim as _ssim
 
-from .network import composite
+from .compositing import composite
 
 L1_WEIGHT = 0.7
 SSIM_WEIGHT = 0.3
@@ -37,7 +37,7 @@ def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor, mask
     L1's gradient through the sigmoid vanishes once the mask saturates at "all background",
     which on small foregrounds can stall the mask for good; BCE's gradient does not.
     `ssim_weight` replaces the 0.3 (0 skips SSIM, ≈ 45 % of a CPU step); `composite_weight` adds
-    that times the mean squared error of the soft composite (nervi_hpc.model.network.composite) against
+    that times the mean squared error of the soft composite (nervi_hpc.model.compositing.composite) against
     the whole image y: what PSNR measures, silhouettes included.
 
     output (B, 4, H, W) = RGB ŷ + mask m̂; rgb (B, 3, H, W); mask (B, 1, H, W) in {0, 1}.

@@ -1,6 +1,6 @@
 """Compress a trained run: latest complete checkpoint → quantize → `archive/<name>.nervi` → evaluate.
 
-The archive's metadata (nervi_hpc.stages.decode.ArchiveMeta) is everything a recipient needs to decode
+The archive's metadata (nervi_hpc.codec.header.ArchiveMeta) is everything a recipient needs to decode
 and to judge the file: model config, parameter names/ranges/grids, image size, background, mode,
 image count, training figures and quantization bits. Evaluation figures are not put in the
 archive (that would change the file whose size they report); they go to `eval/`.
@@ -26,7 +26,7 @@ from ..codec.quantize import DEFAULT_BITS, quantize
 from ..data.store import RenderStore
 from ..errors import ConfigError, NerviError, StoreError
 from ..model import checkpoint
-from ..model.network import ModelConfig
+from ..model.config import ModelConfig
 from ..paths import RunPaths
 from ..progress import ProgressLog
 from .evaluate import EvalResult, evaluate as evaluate_archive, finite_or_none

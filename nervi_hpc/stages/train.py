@@ -25,8 +25,11 @@ from ..codec.quantize import as_archived
 from ..config import DatasetSpec, TrainSpec, to_dict
 from ..data.dataset import RenderDataset, ResidentBatches, ShardAwareSampler, fits_resident, keep_batch
 from ..model import checkpoint
+from ..model.compositing import composite
+from ..model.config import ModelConfig
 from ..model.loss import loss_for, psnr
-from ..model.network import ModelConfig, NeRVI, archive_bits, composite, count_parameters, model_config
+from ..model.network import NeRVI, count_parameters
+from ..model.sizing import archive_bits, model_config
 from ..paths import RunPaths
 from ..progress import ProgressLog
 

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from nervi_hpc.errors import ModelError
-from nervi_hpc.model.network import (MAX_FACTOR, MAX_STEM_CELLS, GeluLayer, ModelConfig, NeRVI,
-                                     PositionalEncoding, SineLayer, composite, count_parameters, model_config,
-                                     plan_upscale, preset, to_uint8)
+from nervi_hpc.model.compositing import composite, to_uint8
+from nervi_hpc.model.config import MAX_FACTOR, MAX_STEM_CELLS, ModelConfig, plan_upscale
+from nervi_hpc.model.layers import GeluLayer, PositionalEncoding, SineLayer
+from nervi_hpc.model.network import NeRVI, count_parameters
+from nervi_hpc.model.sizing import model_config, preset
 
 TINY = ModelConfig(c1=8, c2=16, min_channels=4)
 
@@ -313,7 +315,7 @@ def test_parameter_grids_fill_in_periods_and_grid_sizes():
 
 
 def test_feature_grid_interpolates_between_nodes_and_wraps_around_periodic_inputs():
-    from nervi_hpc.model.network import FeatureGrid
+    from nervi_hpc.model.layers import FeatureGrid
 
     grid = FeatureGrid(sizes=(3, 4), periods=(0.0, 2 * 360 / 270), levels=1, features=2)
     table = grid.tables[0].detach().T.reshape(3, 4, 2)

@@ -224,8 +224,10 @@ def test_two_rank_gloo_ddp_matches_a_single_process_with_the_same_global_batch(t
 def decoded_psnr(run_dir) -> float:
     """PSNR of the latest checkpoint's composited output (eval mode) against the whole store."""
     from nervi_hpc.data.dataset import RenderDataset
+    from nervi_hpc.model.compositing import composite
+    from nervi_hpc.model.config import ModelConfig
     from nervi_hpc.model.loss import psnr
-    from nervi_hpc.model.network import ModelConfig, NeRVI, composite
+    from nervi_hpc.model.network import NeRVI
 
     state, config = checkpoint.load(checkpoint.latest(Path(run_dir) / "checkpoints"))
     data = RenderDataset(Path(run_dir) / "renders.zarr")

@@ -30,7 +30,9 @@ from ...codec.archive import ArchiveInfo, read_archive
 from ...codec.header import ArchiveMeta
 from ...data.dataset import normalize
 from ...errors import ArchiveError, ConfigError, ModelError, ParameterError
-from ...model.network import ModelConfig, NeRVI, composite, to_uint8
+from ...model.compositing import composite, to_uint8
+from ...model.config import ModelConfig
+from ...model.network import NeRVI
 from ...parameters import label
 BATCH_PIXELS = 1 << 22      # default batch: about 4 M output pixels (4 images of 1024², 64 of 256²)
 MAX_BATCH = 256
