@@ -220,13 +220,13 @@ def _run(ref: str):
 
 
 def cmd_submit(args) -> None:
-    from .hpc import scheduler
+    from .hpc import lifecycle
 
     cluster, _ = _storage()
     if args.dry_run:
-        print(scheduler.dry_run(args.spec, cluster, args.profile), end="")
+        print(lifecycle.dry_run(args.spec, cluster, args.profile), end="")
         return
-    submission = scheduler.submit(args.spec, cluster, args.profile, new=args.new)
+    submission = lifecycle.submit(args.spec, cluster, args.profile, new=args.new)
     print(f"checked {submission.checked}")
     print(submission.summary())
     if args.wait:
@@ -292,10 +292,10 @@ def _print_from(path, offset: int) -> int:
 
 
 def cmd_resume(args) -> None:
-    from .hpc import scheduler
+    from .hpc import lifecycle
 
     cluster, _ = _storage()
-    submission = scheduler.resume(_run(args.run_id), cluster, args.max_minutes)
+    submission = lifecycle.resume(_run(args.run_id), cluster, args.max_minutes)
     print(submission.summary())
     if args.wait:
         _wait(submission.paths)
@@ -354,7 +354,7 @@ def cmd_watch(args) -> None:
 
 
 def cmd_cancel(args) -> None:
-    from .hpc.scheduler import cancel
+    from .hpc.lifecycle import cancel
 
     m = cancel(_run(args.run_id))
     print(f"{m.run_id}: {m.state}")

@@ -22,6 +22,7 @@ from ..config import load_dataset
 from ..paths import RunPaths
 from ..progress import ProgressLog
 from . import manifest
+from .resources import Resources
 
 
 class StageJob(submitit.helpers.Checkpointable):
@@ -110,6 +111,11 @@ class CompressJob(StageJob):
 
 
 STAGE_JOBS: dict[str, type[StageJob]] = {job.stage: job for job in (IngestJob, TrainJob, CompressJob)}
+
+
+def job_for(stage: str, paths: RunPaths, res: Resources) -> StageJob:
+    """The callable a backend submits for `stage` of the run in `paths` (pickled by reference)."""
+    return STAGE_JOBS[stage](str(paths.root), res.cpus_per_task)
 
 
 def train_figures(result, spec, world_size: int = 1) -> dict[str, Any]:

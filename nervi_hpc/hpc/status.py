@@ -28,8 +28,9 @@ from ..config import STAGES, load_dataset
 from ..errors import ArchiveError, ConfigError, RunError
 from ..paths import RunPaths, StoragePaths
 from . import manifest
+from .backends.base import Verdict
 from .manifest import Manifest
-from .scheduler import Verdict, refresh
+from .reconcile import refresh
 
 STATE_STYLES = {"pending": "dim", "queued": "yellow", "running": "bold cyan", "done": "green",
                 "failed": "bold red", "cancelled": "magenta"}

@@ -20,7 +20,8 @@ import yaml
 from nervi_hpc.cli import main
 from nervi_hpc.config import ClusterConfig, Profile, StageResources, load_cluster
 from nervi_hpc.errors import ArchiveError, ConfigError, RunError
-from nervi_hpc.hpc import manifest, scheduler
+from nervi_hpc.hpc import lifecycle, manifest, resources
+from nervi_hpc.hpc.backends import local
 from nervi_hpc.hpc.status import fetch, snapshot
 from nervi_hpc.paths import RunPaths, StoragePaths
 from nervi_hpc.stages.decode.decoder import Decoder
@@ -112,17 +113,17 @@ def test_logs_and_status_verbs(finished, capsys):
 def test_same_spec_returns_its_run_unless_new(finished):
     paths, _, folder = finished
     cluster = local_cluster(folder)
-    again = scheduler.submit(write_spec(folder), cluster)
+    again = lifecycle.submit(write_spec(folder), cluster)
     assert again.paths == paths and not again.created and again.launched == []
     assert "already submitted (done)" in again.summary()
-    other = scheduler.submit(write_spec(folder), cluster, new=True)
+    other = lifecycle.submit(write_spec(folder), cluster, new=True)
     try:
         assert other.created and other.paths.root.name == f"{paths.root.name}-2"
         assert other.launched == ["ingest", "train", "compress"]
     finally:
-        scheduler.cancel(other.paths)
+        lifecycle.cancel(other.paths)
     assert manifest.read(other.paths).state == "cancelled"
-    assert scheduler.submit(write_spec(folder), cluster).paths == paths  # the done run is preferred
+    assert lifecycle.submit(write_spec(folder), cluster).paths == paths  # the done run is preferred
 
 
 def test_fetch_verifies_the_archive_and_refuses_to_overwrite(finished, tmp_path):
@@ -149,7 +150,7 @@ def test_fetch_verifies_the_archive_and_refuses_to_overwrite(finished, tmp_path)
 
 
 def _submit_in_process(spec: str, folder: str):
-    result = scheduler.submit(spec, local_cluster(Path(folder)))
+    result = lifecycle.submit(spec, local_cluster(Path(folder)))
     return result.paths.root.name, result.created, result.launched
 
 
@@ -161,7 +162,7 @@ def test_concurrent_submits_of_one_spec_make_one_run(tmp_path):
     assert len(runs) == 1 and {name for name, _, _ in outcomes} == {runs[0].name}
     assert sorted(created for _, created, _ in outcomes) == [False, False, False, True]
     assert [launched for _, created, launched in outcomes if created] == [["ingest", "train", "compress"]]
-    scheduler.cancel(RunPaths(runs[0]))
+    lifecycle.cancel(RunPaths(runs[0]))
     assert json.loads((runs[0] / "manifest.json").read_text())["stages"]["train"]["state"] == "cancelled"
 
 
@@ -170,7 +171,7 @@ def test_killed_run_is_failed_and_resubmitting_resumes_from_its_checkpoint(tmp_p
     verdict; submitting the spec again resumes training from its checkpoint."""
     cluster = local_cluster(tmp_path)
     spec = write_spec(tmp_path, "crash", epochs=100000, max_minutes=0.15, checkpoint_minutes=0.02)
-    paths = scheduler.submit(spec, cluster).paths
+    paths = lifecycle.submit(spec, cluster).paths
     wait_until(lambda: list(paths.checkpoints.glob("step-*/DONE")), 120, "a training checkpoint")
     m = manifest.read(paths)
     os.killpg(m.driver["pid"], signal.SIGKILL)  # the driver's session: driver, job controller, task
@@ -179,7 +180,7 @@ def test_killed_run_is_failed_and_resubmitting_resumes_from_its_checkpoint(tmp_p
     assert view.manifest.stages["train"].reason.startswith(f"job {m.stages['train'].job_id} ended without")
     step_before = max(int(p.parent.name.split("-")[1]) for p in paths.checkpoints.glob("step-*/DONE"))
     resubmitted = time.time()
-    again = scheduler.submit(spec, cluster)
+    again = lifecycle.submit(spec, cluster)
     assert again.paths == paths and again.launched == ["train", "compress"]
     done = wait_until(lambda: (m := manifest.read(paths)).terminal and m, 180, "the resubmitted run")
     assert done.state == "done", done.reason
@@ -192,10 +193,10 @@ def test_killed_run_is_failed_and_resubmitting_resumes_from_its_checkpoint(tmp_p
 def test_local_jobs_see_the_gpus_the_profile_gives(tmp_path):
     """The local executor hides GPUs unless told: `gpus_per_node: auto` gives this machine's."""
     auto = Profile(executor="local", gpus_per_node="auto")
-    res = {s: scheduler.stage_resources(auto, s, machine_gpus=2) for s in ("ingest", "train", "compress")}
+    res = {s: resources.stage_resources(auto, s, machine_gpus=2) for s in ("ingest", "train", "compress")}
     assert [res[s].gpus_per_node for s in ("ingest", "train", "compress")] == [0, 2, 1]
     executor = submitit.LocalExecutor(folder=tmp_path)
-    executor.update_parameters(**scheduler.local_parameters(auto, res["train"]))
+    executor.update_parameters(**local.local_parameters(auto, res["train"]))
     job = executor.submit(submitit.helpers.CommandFunction(["printenv", "CUDA_VISIBLE_DEVICES"]))
     assert job.result().strip() == "0,1"
 
@@ -206,7 +207,7 @@ def test_dry_run_prints_the_chained_sbatch_scripts(tmp_path):
                        tasks_per_node=4, cpus_per_task=8, mem_gb=120, time_min=720, constraint="a100",
                        mpi="pmix", sbatch={"mail-type": "END,FAIL"}, setup=["module load cuda/12.4"],
                        stages={"ingest": StageResources(partition="cpu", tasks_per_node=16, time_min=60)})})
-    text = scheduler.dry_run(write_spec(tmp_path), cluster)
+    text = lifecycle.dry_run(write_spec(tmp_path), cluster)
     ingest, train, compress = (text.split(f"# ---- {s}:")[1].split("# ---- ")[0]
                                for s in ("ingest", "train", "compress"))
     for script in (ingest, train, compress):
@@ -224,9 +225,9 @@ def test_dry_run_prints_the_chained_sbatch_scripts(tmp_path):
 def test_profiles_that_cannot_run_are_refused(tmp_path):
     many = Profile(executor="slurm", gpus_per_node=0, stages={"ingest": StageResources(tasks_per_node=4)})
     with pytest.raises(ConfigError, match="ingest of 4 tasks needs MPI: set `mpi`"):
-        scheduler.plan(many, "cpu")
+        resources.plan(many, "cpu")
     with pytest.raises(ConfigError, match="local executor runs on this machine only"):
-        scheduler.plan(Profile(executor="local", nodes=2, gpus_per_node=0), "local")
+        resources.plan(Profile(executor="local", nodes=2, gpus_per_node=0), "local")
     (tmp_path / "c.yaml").write_text("profiles: {big: {executor: slurm}}\ndefault_profile: big\n")
     with pytest.raises(ConfigError, match="big: gpus_per_node: 'auto'"):
         load_cluster(tmp_path / "c.yaml")

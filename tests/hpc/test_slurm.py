@@ -17,7 +17,8 @@ import yaml
 
 from nervi_hpc.cli import main
 from nervi_hpc.config import ClusterConfig, Profile
-from nervi_hpc.hpc import manifest, scheduler
+from nervi_hpc.hpc import lifecycle, manifest
+from nervi_hpc.hpc.backends.base import process_alive
 from nervi_hpc.hpc.status import snapshot
 from nervi_hpc.paths import StoragePaths
 from nervi_hpc.stages.decode.decoder import Decoder
@@ -115,7 +116,7 @@ def test_failed_ingest_never_starts_training(tmp_path, partition):
     spec.write_text(yaml.safe_dump({"name": "broken", "train": {"epochs": 1}, "model": TINY["model"],
                                     "source": {"kind": "folder", "path": str(folder),
                                                "pattern": "t{t}.png"}}))
-    paths = scheduler.submit(spec, cluster(tmp_path, partition)).paths
+    paths = lifecycle.submit(spec, cluster(tmp_path, partition)).paths
     m = finished(paths, 120)
     assert m.state == "failed" and m.reason.startswith("ingest: ") and "t1.png: image is 8×8" in m.reason, m.reason
     for stage in ("train", "compress"):
@@ -131,7 +132,7 @@ def test_requeued_training_resumes_from_its_checkpoint(tmp_path, partition):
     requeues), then `scontrol requeue` (SIGTERM: no checkpoint call); each time training
     restarts from its newest checkpoint and the run still finishes."""
     spec = write_spec(tmp_path, "requeue", epochs=100000, max_minutes=0.3, checkpoint_minutes=0.02)
-    paths = scheduler.submit(spec, cluster(tmp_path, partition)).paths
+    paths = lifecycle.submit(spec, cluster(tmp_path, partition)).paths
 
     def newest_step() -> int:
         return max((int(p.parent.name.split("-")[1]) for p in paths.checkpoints.glob("step-*/DONE")), default=0)
@@ -162,9 +163,9 @@ def test_requeued_training_resumes_from_its_checkpoint(tmp_path, partition):
 def test_cancel_stops_every_job(tmp_path, partition, capsys):
     spec = write_spec(tmp_path, "cancel", epochs=100000, max_minutes=5)
     config = cluster(tmp_path, partition)
-    paths = scheduler.submit(spec, config).paths
+    paths = lifecycle.submit(spec, config).paths
     wait_until(lambda: manifest.read(paths).stages["train"].state == "running", 120, "training")
-    m = scheduler.cancel(paths)
+    m = lifecycle.cancel(paths)
     assert m.state == "cancelled"
     assert all(s.state in ("done", "cancelled") for s in m.stages.values())
     jobs = [m.stages[s].job_id for s in ("train", "compress")]
@@ -179,12 +180,12 @@ def test_status_shows_slurms_verdict_for_a_killed_job(tmp_path, partition):
     """A training task killed outright (SIGKILL: no Python handler runs) leaves the manifest at
     `running`; status asks Slurm and reports the job failed."""
     spec = write_spec(tmp_path, "killed", epochs=100000, max_minutes=5)
-    paths = scheduler.submit(spec, cluster(tmp_path, partition)).paths
+    paths = lifecycle.submit(spec, cluster(tmp_path, partition)).paths
     wait_until(lambda: manifest.read(paths).stages["train"].state == "running", 120, "training")
     job = manifest.read(paths).stages["train"].job_id
     listed = subprocess.run(["scontrol", "listpids", job], capture_output=True, text=True, check=True).stdout
     tasks = [int(line.split()[0]) for line in listed.splitlines()[1:]
-             if scheduler.process_alive(int(line.split()[0]), "submitit.core._submit")]
+             if process_alive(int(line.split()[0]), "submitit.core._submit")]
     assert tasks, listed
     for pid in tasks:  # the job's own task (scancel --signal=KILL would count as a cancel)
         os.kill(pid, signal.SIGKILL)

@@ -11,9 +11,11 @@ import pytest
 
 from nervi_hpc.cli import main
 from nervi_hpc.errors import RunError, SchedulerError
-from nervi_hpc.hpc import manifest, scheduler
+from nervi_hpc.hpc import lifecycle, manifest
+from nervi_hpc.hpc.backends.base import Verdict
+from nervi_hpc.hpc.backends.slurm import Slurm
 from nervi_hpc.hpc.manifest import Manifest, StageState
-from nervi_hpc.hpc.scheduler import Slurm, Verdict, apply_verdicts
+from nervi_hpc.hpc.reconcile import apply_verdicts
 from nervi_hpc.hpc.status import fetch, snapshot, training_progress
 from nervi_hpc.paths import StoragePaths
 
@@ -160,7 +162,7 @@ def test_local_run_on_another_host_is_left_alone(storage):
     manifest.update(paths, lambda m: setattr(m, "driver", {"pid": 1, "host": "some-other-host"}))
     assert snapshot([paths])[0].manifest.state == "running"
     with pytest.raises(SchedulerError, match="cancel it there"):
-        scheduler.cancel(paths)
+        lifecycle.cancel(paths)
 
 
 def test_training_progress_reads_the_metrics_tail(storage):

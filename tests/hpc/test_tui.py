@@ -7,8 +7,9 @@ import time
 import pytest
 from rich.console import Console
 
+from nervi_hpc.hpc.backends.base import Verdict
+from nervi_hpc.hpc.backends.slurm import Slurm
 from nervi_hpc.hpc.manifest import StageState
-from nervi_hpc.hpc.scheduler import Slurm, Verdict
 from nervi_hpc.hpc.status import all_runs, snapshot
 from nervi_hpc.hpc.tui import dashboard, pick_focus, watch
 from nervi_hpc.paths import StoragePaths
