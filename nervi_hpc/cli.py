@@ -162,7 +162,7 @@ def cmd_info(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .stages.evaluate import default_eval_dir, evaluate
+    from .stages.evaluate.measure import default_eval_dir, evaluate
 
     out = args.output or default_eval_dir(args.archive)
     result = evaluate(args.archive, args.store, out, device=args.device, batch_size=args.batch_size,

@@ -251,7 +251,7 @@ class Bench:
         """Train the run (unless trained), write the archive and evaluate it into `out`."""
         from ..paths import RunPaths
         from ..stages.compress import compress
-        from ..stages.evaluate import evaluate
+        from ..stages.evaluate.measure import evaluate
         from ..stages.train import train
 
         store = self._store()

@@ -29,7 +29,8 @@ from ..model import checkpoint
 from ..model.config import ModelConfig
 from ..paths import RunPaths
 from ..progress import ProgressLog
-from .evaluate import EvalResult, evaluate as evaluate_archive, finite_or_none
+from .evaluate.measure import evaluate as evaluate_archive
+from .evaluate.summary import EvalResult, finite_or_none
 
 
 @dataclass(frozen=True)

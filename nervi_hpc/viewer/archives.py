@@ -15,7 +15,7 @@ from ..codec.archive import compression_ratio
 from ..data.store import RenderStore
 from ..errors import ParameterError
 from ..stages.decode.decoder import Decoder
-from ..stages.evaluate import default_eval_dir
+from ..stages.evaluate.measure import default_eval_dir
 from .frames import DEFAULT_CACHE_BYTES, FrameService
 
 

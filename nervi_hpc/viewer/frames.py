@@ -23,7 +23,7 @@ from PIL import Image
 from ..data.store import RenderStore
 from ..errors import ParameterError
 from ..stages.decode.decoder import Decoder
-from ..stages.evaluate import DELTA_E_SCALE, colour_map, delta_e_uv
+from ..stages.evaluate.colour import DELTA_E_SCALE, colour_map, delta_e_uv
 
 FORMATS = {"png": "image/png", "webp": "image/webp"}
 # the decoded RGB image, its foreground mask (white on black), and with a renders store the

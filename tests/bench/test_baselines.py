@@ -131,7 +131,7 @@ def test_x264_and_x265_are_tuned_for_psnr_unless_told_otherwise():
 
 
 def test_measuring_refuses_a_decoding_that_misses_images(store):
-    from nervi_hpc.stages.evaluate import measure
+    from nervi_hpc.stages.evaluate.measure import measure
 
     truth, _ = store.read(range(8))
     with pytest.raises(ValueError, match=r"images 3, 7 were not decoded"):

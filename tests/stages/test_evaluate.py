@@ -15,14 +15,18 @@ from pytorch_msssim import ms_ssim as reference_ms_ssim
 from tests.stages.test_compress import make_run
 
 from nervi_hpc.cli import main
+from nervi_hpc.data.store import RenderStore
 from nervi_hpc.errors import StoreError
-from nervi_hpc.stages import evaluate as evaluate_module
+from nervi_hpc.model.loss import psnr
 from nervi_hpc.stages.compress import compress
 from nervi_hpc.stages.decode.decoder import Decoder
 from nervi_hpc.stages.decode.outputs import write_outputs
-from nervi_hpc.stages.evaluate import (ALEXNET_WEIGHTS, MS_SSIM_WEIGHTS, MsSsimPlan, SheetRow, colour_map, contact_sheet, default_eval_dir, delta_e_uv, evaluate, load_lpips, ms_ssim, ms_ssim_plan, srgb_to_luv)
-from nervi_hpc.data.store import RenderStore
-from nervi_hpc.model.loss import psnr
+from nervi_hpc.stages.evaluate import metrics as evaluate_module
+from nervi_hpc.stages.evaluate.colour import colour_map, delta_e_uv, srgb_to_luv
+from nervi_hpc.stages.evaluate.measure import default_eval_dir, evaluate
+from nervi_hpc.stages.evaluate.metrics import (ALEXNET_WEIGHTS, MS_SSIM_WEIGHTS, MsSsimPlan, load_lpips,
+                                               ms_ssim, ms_ssim_plan)
+from nervi_hpc.stages.evaluate.sheet import SheetRow, contact_sheet
 
 STATS = {"mean", "median", "min", "max", "count", "infinite", "undefined"}
 

@@ -323,7 +323,7 @@ def test_quick_play_pause_play_plays_at_the_chosen_rate(page):
 @pytest.mark.truth
 def test_ground_truth_and_delta_e_beside_the_decoded_view(page, archive):
     from nervi_hpc.data.store import RenderStore
-    from nervi_hpc.stages.evaluate import DELTA_E_SCALE, colour_map, delta_e_uv
+    from nervi_hpc.stages.evaluate.colour import DELTA_E_SCALE, colour_map, delta_e_uv
 
     browser, viewer = page
     decoder = Decoder.open(archive, device="cpu")

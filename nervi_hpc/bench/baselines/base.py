@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ...data.store import RenderStore
-from ...stages.evaluate import EvalResult, measure, write_report
+from ...stages.evaluate.measure import measure
+from ...stages.evaluate.summary import EvalResult, write_report
 
 BATCH_PIXELS = 4 << 20   # images read, decoded and measured at a time: about this many pixels
 
