@@ -22,7 +22,7 @@ from nervi_hpc.bench.baselines.base import Stopwatch, default_threads, timed
 from nervi_hpc.config import load_dataset
 from nervi_hpc.data.sources import open_source
 from nervi_hpc.data.store import RenderStore
-from nervi_hpc.stages.ingest import ingest
+from nervi_hpc.stages.ingest.run import ingest
 
 DEFAULT_DATASET = Path(__file__).resolve().parent.parent / "jobs" / "examples" / "tornado-ir.yaml"
 

@@ -36,7 +36,7 @@ from nervi_hpc.model.network import NeRVI, count_parameters
 from nervi_hpc.model.sizing import model_config
 from nervi_hpc.stages.compress import archive_meta, compress
 from nervi_hpc.stages.decode.decoder import Decoder, build_model
-from nervi_hpc.stages.ingest import ingest
+from nervi_hpc.stages.ingest.run import ingest
 from nervi_hpc.stages.train import train
 
 VIEWS = 800  # the paper's viewpoint grid: theta 0…171, phi 0…351, 9° steps

@@ -26,7 +26,7 @@ from PIL import Image
 
 from nervi_hpc.data.sources.folder import ImageFolder
 from nervi_hpc.data.store import RenderStore
-from nervi_hpc.stages.ingest import ingest
+from nervi_hpc.stages.ingest.run import ingest
 
 PATTERN = "theta{theta}_phi{phi}.png"
 

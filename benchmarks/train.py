@@ -23,7 +23,7 @@ import torch
 from nervi_hpc.model.loss import loss_for
 from nervi_hpc.model.network import NeRVI, count_parameters
 from nervi_hpc.model.sizing import model_config
-from nervi_hpc.stages.ingest import ingest
+from nervi_hpc.stages.ingest.run import ingest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the tests' disk scene
 from tests.scenes import DiskScene  # noqa: E402

@@ -48,7 +48,7 @@ def cmd_render(args) -> None:
 
 
 def cmd_ingest(args) -> None:
-    from .stages.ingest import ingest
+    from .stages.ingest.run import ingest
 
     source = _source_from_arg(args.source, args.pattern, args.mode, args.allow_outside)
     result = ingest(source, args.output, shard_size=args.shard_size, workers=args.workers,

@@ -3,7 +3,7 @@
 import pytest
 
 from tests.scenes import DiskScene
-from nervi_hpc.stages.ingest import ingest
+from nervi_hpc.stages.ingest.run import ingest
 
 
 @pytest.fixture

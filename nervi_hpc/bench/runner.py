@@ -239,7 +239,7 @@ class Bench:
 
         if not self.store_path.exists() and self.spec.store is None:
             from ..data.sources import open_source
-            from ..stages.ingest import ingest
+            from ..stages.ingest.run import ingest
 
             self.say(f"render + ingest {self.dataset_path} → {self.store_path}")
             ingest(open_source(self.dataset.source), self.store_path, shard_size=self.dataset.ingest.shard_size,

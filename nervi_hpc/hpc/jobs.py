@@ -69,7 +69,7 @@ class IngestJob(StageJob):
 
     def run(self, paths: RunPaths) -> dict[str, Any]:
         from ..data.sources import open_source
-        from ..stages.ingest import ingest
+        from ..stages.ingest.run import ingest
 
         spec = load_dataset(paths.spec)
         result = ingest(open_source(spec.source), paths.store, shard_size=spec.ingest.shard_size,

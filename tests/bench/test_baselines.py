@@ -14,7 +14,7 @@ from nervi_hpc.bench.baselines.video import VideoOptions
 from tests.scenes import DiskScene
 from nervi_hpc.data.store import RenderStore
 from nervi_hpc.errors import ConfigError
-from nervi_hpc.stages.ingest import ingest
+from nervi_hpc.stages.ingest.run import ingest
 
 EVAL_KEYS = {"schema_version", "producer", "archive", "store", "compression_ratio", "psnr_db",
              "foreground_psnr_db", "ms_ssim", "lpips", "timing", "contact_sheet_rows", "files"}

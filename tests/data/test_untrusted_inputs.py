@@ -147,7 +147,7 @@ INGEST = """\
 import sys
 import numpy as np
 from slow_source import Slow
-from nervi_hpc.stages.ingest import ingest
+from nervi_hpc.stages.ingest.run import ingest
 
 if __name__ == "__main__":  # the pool's spawned workers import this file too
     source = Slow(names=("t",), params=np.arange(200.0)[:, None], size=(8, 8), mode="ir",

@@ -20,7 +20,7 @@ from nervi_hpc.model import checkpoint
 from nervi_hpc.model.loss import psnr
 from nervi_hpc.stages.compress import archive_meta, compress
 from nervi_hpc.stages.decode.decoder import Decoder, build_model
-from nervi_hpc.stages.ingest import ingest
+from nervi_hpc.stages.ingest.run import ingest
 from nervi_hpc.stages.train import train
 
 TINY_MODEL = {"c1": 8, "c2": 16, "min_channels": 8, "norm": "none"}

@@ -18,7 +18,8 @@ from PIL import Image
 from nervi_hpc.data.sources import Source
 from nervi_hpc.data.store import RenderStore, partial_path
 from nervi_hpc.errors import SourceError, StoreError
-from nervi_hpc.stages.ingest import default_shard_size, ingest
+from nervi_hpc.stages.ingest.run import ingest
+from nervi_hpc.stages.ingest.shards import default_shard_size
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parents[1]
@@ -180,7 +181,7 @@ def test_a_killed_ingest_resumes_to_the_same_store_skipping_finished_shards(tmp_
     shard = 4
     killed = run_python(f"""
         from test_ingest import make_source
-        from nervi_hpc.stages.ingest import ingest
+        from nervi_hpc.stages.ingest.run import ingest
         ingest(make_source(exit_at=13), {str(tmp_path / "r.zarr")!r}, shard_size={shard}, workers=1,
                progress=False)
     """)
@@ -339,7 +340,7 @@ MPI_PROGRAM = """
     import os, sys
     from test_ingest import make_source
     from nervi_hpc.errors import NerviError
-    from nervi_hpc.stages.ingest import ingest
+    from nervi_hpc.stages.ingest.run import ingest
     source = make_source(fail_at=int(sys.argv[2]) if len(sys.argv) > 2 else None)
     try:
         ingest(source, sys.argv[1], shard_size=4, progress=False)

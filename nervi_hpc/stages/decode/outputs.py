@@ -56,7 +56,7 @@ def write_outputs(decoder: Decoder, params: np.ndarray, out: str | os.PathLike, 
     suffix = out.suffix.lower()
     described = f"decoded from {Path(archive).name or 'an archive'}"
     if suffix == ".zarr":
-        from ..ingest import ingest  # heavy (multiprocessing, rich): only for this output
+        from ..ingest.run import ingest  # heavy (multiprocessing, rich): only for this output
 
         result = ingest(ArchiveSource.of(decoder, params, described), out, workers=1, progress=progress)
         return f"wrote {result.count} decoded images to the renders store {out}"

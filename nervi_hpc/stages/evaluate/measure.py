@@ -57,7 +57,7 @@ def truth_store(path: str | os.PathLike, meta, scratch: Path, progress: bool) ->
     into `scratch` on the archive's background (`meta`, as it was trained)."""
     from ...config import CinemaSource, FolderSource
     from ...data.sources import open_source
-    from ..ingest import ingest
+    from ..ingest.run import ingest
 
     path = Path(path)
     if not path.is_dir() or (path / "zarr.json").is_file():
