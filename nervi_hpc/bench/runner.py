@@ -30,107 +30,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import yaml
 
 from .. import atomic
-from ..codec.quantize import DEFAULT_BITS
-from ..config import DatasetSpec, TrainSpec, build, check, load_dataset, read_yaml, to_dict
+from ..config import DatasetSpec, TrainSpec, build, load_dataset, read_yaml, to_dict
 from ..errors import ConfigError
 from ..model import checkpoint
 from . import baselines, rd
-
-NEAR = 0.05   # a point within 5 % of a target CR stands for it when the target lies just outside a curve
-
-
-def _label(v) -> bool:
-    return bool(v) and all(c.isalnum() or c in "-_." for c in v)
-
-
-LABEL = check(_label, "letters, digits, '-', '_' or '.'")
-
-
-@dataclass(frozen=True)
-class NerviVariant:
-    """One nervi-hpc configuration: a training run per target CR."""
-
-    label: str = field(metadata=LABEL)
-    model: dict[str, Any] = field(default_factory=dict)
-    train: dict[str, Any] = field(default_factory=dict)
-    target_cr: list[float] | None = field(default=None, metadata=check(
-        lambda v: v is None or (v and all(x > 1 for x in v)), "a non-empty list of numbers > 1"))
-    max_minutes: float | None = field(default=None, metadata=check(lambda v: v is None or v > 0,
-                                                                   "a positive number of minutes"))
-    bits: list[int] | None = field(default=None, metadata=check(
-        lambda v: v is None or (v and all(2 <= b <= 16 for b in v)), "a non-empty list of bit counts in 2..16"))
-    prune: list[float] = field(default_factory=list, metadata=check(
-        lambda v: all(0 < p < 1 for p in v), "fractions in (0, 1)"))
-
-    def __post_init__(self):
-        if "target_cr" in self.model:
-            raise ConfigError(f"{self.label}: model.target_cr: give the values in the variant's own target_cr list")
-
-    def runs(self) -> list[tuple[str, dict[str, Any]]]:
-        """(setting, model section) of each training run."""
-        if self.target_cr is None:
-            return [("model", dict(self.model))]
-        return [(f"cr{cr:g}", {**self.model, "target_cr": cr}) for cr in self.target_cr]
-
-    @property
-    def own_bits(self) -> int:
-        """The bits the run is sized and trained for (model.bits, default 9)."""
-        return self.model.get("bits", DEFAULT_BITS)
-
-    def archives(self) -> list[tuple[str, int, float | None]]:
-        """(method, bits, prune fraction) of each archive written from a run's checkpoint (by
-        default one at the run's own bits, whose method is the label)."""
-        return [(self.label + ("" if b == self.own_bits else f"-b{b}") + ("" if p is None else f"-p{p:g}"), b, p)
-                for b in self.bits or [self.own_bits] for p in (None, *self.prune)]
-
-
-@dataclass(frozen=True)
-class BaselineEntry:
-    """One codec, optionally under its own label, with its own sweep and options."""
-
-    codec: str
-    label: str | None = field(default=None, metadata=check(lambda v: v is None or _label(v),
-                                                           "letters, digits, '-', '_' or '.'"))
-    sweep: list[float] | None = field(default=None, metadata=check(lambda v: v is None or len(v) > 0,
-                                                                   "a non-empty list"))
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class BenchSpec:
-    """A bench spec (see the module docstring)."""
-
-    dataset: str | None = None
-    store: str | None = None
-    nervi: list[NerviVariant] = field(default_factory=list)
-    baselines: list[Any] | None = None   # codec names or BaselineEntry mappings; None: every codec
-    threads: int | None = field(default=None, metadata=check(lambda v: v is None or v > 0, "a positive count"))
-
-    def __post_init__(self):
-        if self.dataset is None and self.store is None:
-            raise ConfigError("give dataset: (a dataset.yaml to render and ingest) or store: (a renders store)")
-        if self.nervi and self.dataset is None:
-            raise ConfigError("nervi: variants train with a dataset's settings; give dataset: as well")
-
-
-@dataclass(frozen=True)
-class Task:
-    """One point of the bench: its result folder and how to make it."""
-
-    label: str                      # the spec's label it belongs to (--only selects by it)
-    method: str
-    setting: str
-    kind: str                       # "nervi" or "codec"
-    make: Callable[[Path], None]    # writes OUT/results/<method>/<setting>/
+from .report import cell, markdown, near_cr, time_markdown
+from .spec import BaselineEntry, BenchSpec, NerviVariant, Task
 
 
 class Bench:
@@ -229,8 +142,8 @@ class Bench:
             task.make(out)
             figures = json.loads((out / "summary.json").read_text())
             self.say(f"{task.method} {task.setting}: CR {figures['compression_ratio']:.1f}, "
-                     f"PSNR {_cell(figures['psnr_db']['mean'])} dB "
-                     f"(foreground {_cell(figures['foreground_psnr_db']['mean'])} dB)")
+                     f"PSNR {cell(figures['psnr_db']['mean'])} dB "
+                     f"(foreground {cell(figures['foreground_psnr_db']['mean'])} dB)")
         self.report()
 
     def _store(self):
@@ -359,89 +272,3 @@ class Bench:
                 lines[run] = {c: v for c in sorted(codecs)
                               if (v := rd.at_cr([(p.cr, p.psnr) for p in points if p.method == c], point.cr)) is not None}
         return curves, lines
-
-
-def near_cr(pairs: list[tuple[float, float | None]], target: float) -> dict[str, Any] | None:
-    """{"value", "cr", "nearest"}: the quality at `target` interpolated along the curve, or,
-    when `target` lies outside it but within NEAR of its nearest point, that point's value
-    (nearest true); None otherwise."""
-    value = rd.at_cr(pairs, target)
-    if value is not None:
-        return {"value": value, "cr": target, "nearest": False}
-    known = [(cr, q) for cr, q in pairs if q is not None]
-    if not known:
-        return None
-    cr, q = min(known, key=lambda point: abs(math.log(point[0] / target)))
-    if abs(cr / target - 1) <= NEAR:
-        return {"value": q, "cr": cr, "nearest": True}
-    return None
-
-
-def _cell(value: float | None, spec: str = ".2f") -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def _near_cell(entry: dict[str, Any] | None) -> str:
-    if entry is None:
-        return "—"
-    return f"{entry['value']:.2f}" + (f" (at {entry['cr']:.0f})" if entry["nearest"] else "")
-
-
-def _percent(value: float | None) -> str:
-    return "—" if value is None else f"{value:+.1f} %"
-
-
-def markdown(spec_path: Path, store: dict[str, Any], points: list[rd.Point], table: dict, bd: dict,
-             missing: list[Task]) -> str:
-    methods = list(table)
-    kinds = {p.method: p.kind for p in points}
-    targets = [str(t) for t in rd.TARGET_CRS]
-    lines = [f"# Rate–distortion benchmark: {spec_path.name}", "",
-             f"{store['images']} images of {store['width']}×{store['height']} (`{store['path']}`). "
-             f"CR = N·H·W·3 / bytes. Values at a CR are interpolated linearly in log CR between a "
-             f"method's two points around it; where the CR lies just outside a method's points, the "
-             f"nearest point within {NEAR:.0%} stands for it (its CR in brackets); — : out of reach.", ""]
-    for key, name in (("psnr", "PSNR (dB, whole image)"), ("foreground_psnr", "Foreground PSNR (dB)")):
-        lines += [f"## {name} at CR ≈ {' / '.join(targets)}", "",
-                  "| method | kind | " + " | ".join(f"CR {t}" for t in targets) + " |",
-                  "|---|---|" + "---|" * len(targets)]
-        lines += [f"| {m} | {kinds[m]} | " + " | ".join(_near_cell(table[m][t][key]) for t in targets) + " |"
-                  for m in methods]
-        lines.append("")
-    if any(bd.values()):  # nervi methods and codecs both measured
-        codecs = list(next(iter(bd.values())))
-        for key, name in (("psnr", "whole-image PSNR"), ("foreground_psnr", "foreground PSNR")):
-            lines += [f"## BD-rate of nervi-hpc against each codec ({name})", "",
-                      "Bjøntegaard delta rate (VCEG-M33): the mean change in bytes nervi-hpc needs for the "
-                      "same PSNR, over the PSNR range both cover; negative = nervi-hpc is smaller. — : fewer "
-                      "than two points, or no common PSNR range.", "",
-                      "| nervi method | " + " | ".join(codecs) + " |", "|---|" + "---|" * len(codecs)]
-            lines += [f"| {n} | " + " | ".join(_percent(bd[n][c][key]) for c in codecs) + " |" for n in bd]
-            lines.append("")
-    lines += ["## Points", "", "| method | setting | CR | PSNR | foreground PSNR | MS-SSIM | encode s | decode s |",
-              "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {p.method} | {p.setting} | {p.cr:.1f} | {_cell(p.psnr)} | {_cell(p.foreground_psnr)} | "
-              f"{_cell(p.ms_ssim, '.4f')} | {_cell(p.encode_seconds, '.1f')} | {_cell(p.decode_seconds, '.2f')} |"
-              for p in sorted(points, key=lambda p: (p.method, p.cr))]
-    lines.append("")
-    if missing:
-        lines += [f"Not run yet: {', '.join(f'{t.method} {t.setting}' for t in missing)}.", ""]
-    lines += ["Plots: `rd-psnr.png` (whole-image and foreground PSNR vs CR), `rd-msssim.png`.", ""]
-    return "\n".join(lines)
-
-
-def time_markdown(curves: dict[str, list[rd.TimePoint]], codec_lines: dict[str, dict[str, float]]) -> str:
-    """The PSNR-vs-training-time table of each run with snapshots ("" when there are none)."""
-    if not curves:
-        return ""
-    lines = ["## PSNR against training time", "",
-             "The archive (quantized, entropy-coded, decoded) of each snapshot of the weights "
-             "(`train.snapshot_minutes`); the codecs' PSNR at the run's final CR beside it (`rd-time.png`).", ""]
-    for run, curve in curves.items():
-        codecs = ", ".join(f"{c} {v:.2f} dB" for c, v in codec_lines.get(run, {}).items()) or "no codec reaches it"
-        lines += [f"### {run} (CR {curve[-1].cr:.0f}; codecs at this CR: {codecs})", "",
-                  "| minutes | CPU minutes | epochs | CR | PSNR | foreground PSNR |", "|---|---|---|---|---|---|"]
-        lines += [f"| {p.minutes:.1f} | {p.cpu_minutes:.1f} | {p.epochs} | {p.cr:.1f} | {_cell(p.psnr)} | "
-                  f"{_cell(p.foreground_psnr)} |" for p in curve]
-        lines.append("")
-    return "\n".join(lines)

@@ -11,7 +11,9 @@ import yaml
 from PIL import Image
 
 from nervi_hpc.bench import runner as bench_module
-from nervi_hpc.bench.runner import Bench, NerviVariant, near_cr
+from nervi_hpc.bench.runner import Bench
+from nervi_hpc.bench.spec import NerviVariant
+from nervi_hpc.bench.report import near_cr
 from nervi_hpc.cli import main
 from nervi_hpc.errors import ConfigError
 
@@ -158,7 +160,7 @@ def test_only_an_unknown_label_is_refused(tmp_path):
 
 def test_report_tables_show_interpolated_and_nearest_values_and_bd_rates():
     from nervi_hpc.bench.rd import TARGET_CRS, Point, bd_rate
-    from nervi_hpc.bench.runner import markdown, near_cr
+    from nervi_hpc.bench.report import markdown, near_cr
 
     def point(method, kind, cr, psnr):
         return Point(method, f"s{cr}", kind, cr, psnr, psnr - 5, 0.99, 1.0, 1.0)
@@ -179,7 +181,7 @@ def test_report_tables_show_interpolated_and_nearest_values_and_bd_rates():
 
 def test_a_report_without_codecs_has_no_bd_rate_table():
     from nervi_hpc.bench.rd import Point
-    from nervi_hpc.bench.runner import markdown
+    from nervi_hpc.bench.report import markdown
 
     points = [Point("a", "cr300", "nervi", 290.0, 30.0, 25.0, 0.99, 60.0, 1.0)]
     table = {"a": {str(t): {"psnr": None, "foreground_psnr": None} for t in (100, 300, 700, 1000)}}
