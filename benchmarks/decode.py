@@ -27,13 +27,14 @@ import torch
 from nervi_hpc.codec.archive import compression_ratio, write_archive
 from nervi_hpc.codec.header import ArchiveMeta, Parameter
 from nervi_hpc.codec.quantize import quantize
-from nervi_hpc.config import DatasetSpec, build
+from nervi_hpc.config import DatasetSpec
 from nervi_hpc.data.sources import open_source
 from nervi_hpc.data.store import RenderStore
 from nervi_hpc.model import checkpoint
 from nervi_hpc.model.loss import psnr
 from nervi_hpc.model.network import NeRVI, count_parameters
 from nervi_hpc.model.sizing import model_config
+from nervi_hpc.schema import build
 from nervi_hpc.stages.compress import archive_meta, compress
 from nervi_hpc.stages.decode.decoder import Decoder, build_model
 from nervi_hpc.stages.ingest.run import ingest

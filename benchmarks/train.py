@@ -68,7 +68,8 @@ def peak_rss_of_training(store: Path, epochs: int) -> float:
     """Peak RSS (MB) of a child process that trains on `store` (data read in-process)."""
     code = f"""
 import resource, sys
-from nervi_hpc.config import DatasetSpec, build
+from nervi_hpc.config import DatasetSpec
+from nervi_hpc.schema import build
 from nervi_hpc.stages.train import train
 spec = build(DatasetSpec, {{"name": "rss", "source": {{"kind": "synthetic"}}, "model": {CR300!r},
              "train": {{"epochs": {epochs}, "batch_size": 16, "loader_workers": 0}}}})

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 
 from nervi_hpc import atomic
-from nervi_hpc.config import (CinemaSource, ClusterConfig, DatasetSpec, Grid, SyntheticSource, build, load_cluster, load_dataset, to_dict)
+from nervi_hpc.config import (CinemaSource, ClusterConfig, DatasetSpec, SyntheticSource, load_cluster,
+                              load_dataset)
 from nervi_hpc.errors import ConfigError, NerviError
+from nervi_hpc.schema import Grid, build, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -38,9 +38,10 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from .. import atomic
-from ..config import DatasetSpec, TrainSpec, build, load_dataset, read_yaml, to_dict
+from ..config import DatasetSpec, TrainSpec, load_dataset
 from ..errors import ConfigError
 from ..model import checkpoint
+from ..schema import build, read_yaml, to_dict
 from . import baselines, rd
 from .report import cell, markdown, near_cr, time_markdown
 from .spec import BaselineEntry, BenchSpec, NerviVariant, Task

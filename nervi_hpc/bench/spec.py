@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..codec.quantize import DEFAULT_BITS
-from ..config import check
 from ..errors import ConfigError
+from ..schema import check
 
 
 def _label(v) -> bool:

@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import STAGES, Profile, build
+from ..config import STAGES, Profile
 from ..paths import RunPaths
+from ..schema import build
 from . import manifest
 from .backends.local import Local, local_parameters
 from .jobs import job_for

@@ -16,9 +16,10 @@ from pathlib import Path
 import yaml
 
 from .. import atomic
-from ..config import STAGES, ClusterConfig, Profile, load_dataset, to_dict
+from ..config import STAGES, ClusterConfig, Profile, load_dataset
 from ..errors import NerviError, RunError, SchedulerError
 from ..paths import RunPaths, StoragePaths
+from ..schema import to_dict
 from . import manifest
 from .backends import backend_for
 from .backends.base import process_alive

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .. import atomic
-from ..config import STAGES, DatasetSpec, to_dict
+from ..config import STAGES, DatasetSpec
 from ..errors import RunError
 from ..paths import RunPaths, StoragePaths
+from ..schema import to_dict
 
 FORMAT = "nervi-run"
 VERSION = 1

@@ -12,8 +12,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from ..config import build, check
 from ..errors import ConfigError, ModelError
+from ..schema import build, check
 
 MAX_KERNEL = 15         # largest convolution kernel of a bilinear block
 MAX_FACTOR = 5          # largest PixelShuffle factor of one upscale block

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..codec.quantize import as_archived
-from ..config import DatasetSpec, TrainSpec, to_dict
+from ..config import DatasetSpec, TrainSpec
 from ..data.dataset import RenderDataset, ResidentBatches, ShardAwareSampler, fits_resident, keep_batch
 from ..model import checkpoint
 from ..model.compositing import composite
@@ -32,6 +32,7 @@ from ..model.network import NeRVI, count_parameters
 from ..model.sizing import archive_bits, model_config
 from ..paths import RunPaths
 from ..progress import ProgressLog
+from ..schema import to_dict
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from nervi_hpc.config import Grid, SyntheticSource
+from nervi_hpc.config import SyntheticSource
 from nervi_hpc.data.sources.raycast import Surface, TransferFunction, render_isosurface, render_volume
 from nervi_hpc.data.sources.synthetic import SCENES, SyntheticScene, blobs_volume, tornado_volume
 from nervi_hpc.errors import ConfigError, SourceError
+from nervi_hpc.schema import Grid
 
 SIZE = (32, 32)
 RES = 40

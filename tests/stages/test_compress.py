@@ -13,11 +13,12 @@ from tests.scenes import DiskScene
 from nervi_hpc.codec.archive import read_header
 from nervi_hpc.codec.header import ArchiveMeta
 from nervi_hpc.codec.quantize import dequantize, quantize
-from nervi_hpc.config import DatasetSpec, build
+from nervi_hpc.config import DatasetSpec
 from nervi_hpc.data.store import RenderStore
 from nervi_hpc.errors import ConfigError, NerviError
 from nervi_hpc.model import checkpoint
 from nervi_hpc.model.loss import psnr
+from nervi_hpc.schema import build
 from nervi_hpc.stages.compress import archive_meta, compress
 from nervi_hpc.stages.decode.decoder import Decoder, build_model
 from nervi_hpc.stages.ingest.run import ingest

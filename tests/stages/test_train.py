@@ -14,8 +14,9 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from nervi_hpc.config import DatasetSpec, build, load_dataset
+from nervi_hpc.config import DatasetSpec, load_dataset
 from nervi_hpc.model import checkpoint
+from nervi_hpc.schema import build
 from nervi_hpc.stages.train import Cooldown, _ProgressBar, archived_weights, learning_rate, plateaued, train
 
 TINY_MODEL = {"c1": 8, "c2": 16, "min_channels": 8, "norm": "none"}

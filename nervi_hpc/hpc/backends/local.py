@@ -12,8 +12,9 @@ import subprocess
 import sys
 from typing import Iterable
 
-from ...config import Profile, to_dict
+from ...config import Profile
 from ...paths import RunPaths
+from ...schema import to_dict
 from ..resources import Resources
 from .base import Backend, Verdict, process_alive
 
