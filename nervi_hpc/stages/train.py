@@ -294,14 +294,15 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
         rate = images_seen / max(time.monotonic() - clock, 1e-9)
         eta = (total_steps - step) * batch_size / rate if rate else float("nan")
         if env.is_main:
+            spent = budget_seconds(time.monotonic())  # on the budget's clock (CPU time with clock: cpu)
             log.write(epoch=epoch, step=step, loss=loss_value, psnr=psnr_value,
                       lr=optimizer.param_groups[0]["lr"], images_per_s=rate, eta_s=eta,
-                      elapsed_s=trained_seconds, epochs=cfg.epochs, budget_s=budget_s)
+                      elapsed_s=spent, epochs=cfg.epochs, budget_s=budget_s)
             if budget_s is not None:  # the time budget ends the run first when it is shorter
-                eta = min(eta, max(budget_s - trained_seconds, 0.0))
-            bar.update(epoch, cfg.epochs, loss_value, psnr_value, rate, eta, trained_seconds, budget_s)
+                eta = min(eta, max(budget_s - spent, 0.0))
+            bar.update(epoch, cfg.epochs, loss_value, psnr_value, rate, eta, spent, budget_s)
             lines(epoch=epoch, epochs=cfg.epochs, loss=loss_value, psnr=psnr_value, images_per_s=rate,
-                  elapsed_s=trained_seconds, budget_s=budget_s, eta_s=eta)
+                  elapsed_s=spent, budget_s=budget_s, eta_s=eta)
         if cfg.until_gain_db and cooldown is None and not stopped:
             history.append((budget_seconds(time.monotonic()), psnr_value))
             # cool down only when every rank sees the plateau (their PSNRs are of different batches)

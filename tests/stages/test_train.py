@@ -152,6 +152,18 @@ def test_a_cpu_clock_budget_counts_the_training_process_cpu_time(tmp_path, make_
     assert result.stopped_early and 1.2 <= state["cpu_seconds"] < 1.2 + 1.0
 
 
+def test_progress_under_a_cpu_clock_counts_cpu_time(tmp_path, make_store, monkeypatch):
+    """A process getting half a core: its metrics and progress lines show the CPU seconds the
+    budget counts, not the twice as many wall seconds."""
+    real, start = time.process_time, time.process_time()
+    monkeypatch.setattr(time, "process_time", lambda: start + (real() - start) / 2)
+    make_store(size=16)
+    result = train(tmp_path, spec(epochs=100000, batch_size=4, max_minutes=0.02, clock="cpu"), progress=False)
+    records = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    shown = [r["elapsed_s"] for r in records if "budget_s" in r]
+    assert shown[-1] < 1.2 + 0.4 < 0.75 * result.seconds  # 1.2 CPU seconds in ≥ 2.4 wall seconds
+
+
 def test_a_resident_collection_trains_exactly_as_the_streamed_one(tmp_path, make_store):
     make_store(size=16)
     for name, share in (("streamed", 0.0), ("resident", 0.25)):
