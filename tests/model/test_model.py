@@ -27,7 +27,7 @@ def build(config, height, width, params, device="cpu"):
 
 
 def design_parameter_count(c1, c2, params, levels, stem, factors, out_channels):
-    """The count ARCHITECTURE.md implies, layer by layer."""
+    """The count the paper's architecture implies, layer by layer."""
     def linear(i, o):
         return i * o + o
 
