@@ -309,7 +309,7 @@ def cmd_list(args) -> None:
     from .hpc.status import all_runs, runs_table, snapshot
 
     _, storage = _storage()
-    views = snapshot(all_runs(storage))
+    views = snapshot(all_runs(storage), record=False)  # read-only: list rewrites no manifest
     if args.json:
         _print_json([view.to_json() for view in views])
         return

@@ -50,9 +50,10 @@ def _last_log_line(paths: RunPaths, job_id: str) -> str:
     return f"; log: {lines[-1].strip()[:200]}" if lines else ""
 
 
-def refresh(runs: list[RunPaths]) -> list[tuple[Manifest, dict[str, Verdict]]]:
-    """Each run's manifest after applying the scheduler's verdicts (written back where they
-    changed it), with the verdicts on its live jobs. One query per scheduler for all runs."""
+def refresh(runs: list[RunPaths], record: bool = True) -> list[tuple[Manifest, dict[str, Verdict]]]:
+    """Each run's manifest after applying the scheduler's verdicts (with `record`, written back
+    where they changed it; read-only commands only show them), with the verdicts on its live
+    jobs. One query per scheduler for all runs."""
     manifests = [manifest.read(paths) for paths in runs]
     wanted: dict[type, set[str]] = {}
     for m in manifests:
@@ -65,7 +66,7 @@ def refresh(runs: list[RunPaths]) -> list[tuple[Manifest, dict[str, Verdict]]]:
     for paths, m in zip(runs, manifests):
         scheduler = backend_for(m)
         verdicts = answers.get(type(scheduler), {}) if scheduler is not None and not m.terminal else {}
-        if apply_verdicts(m, verdicts, paths):
+        if apply_verdicts(m, verdicts, paths) and record:
             m = manifest.update(paths, functools.partial(_applied, verdicts=verdicts, paths=paths))
         refreshed.append((m, verdicts))
     return refreshed

@@ -197,10 +197,11 @@ class RunView:
                 "manifest": self.manifest.to_json()}
 
 
-def snapshot(runs: list[RunPaths]) -> list[RunView]:
-    """Views of `runs`, refreshed against the scheduler."""
+def snapshot(runs: list[RunPaths], record: bool = True) -> list[RunView]:
+    """Views of `runs`, refreshed against the scheduler; with `record` what the scheduler says
+    is written back to the manifests (`list` and `watch` only read)."""
     return [RunView(paths, m, verdicts, training_progress(paths, m.train_minutes))
-            for paths, (m, verdicts) in zip(runs, refresh(runs))]
+            for paths, (m, verdicts) in zip(runs, refresh(runs, record))]
 
 
 def all_runs(storage: StoragePaths) -> list[RunPaths]:

@@ -85,7 +85,7 @@ def watch(storage: StoragePaths, focus: str | None = None, *, interval: float = 
     console = console or Console()
 
     def frame():
-        views = snapshot(all_runs(storage))
+        views = snapshot(all_runs(storage), record=False)  # read-only: watch rewrites no manifest
         return dashboard(views, pick_focus(views, focus), storage)
 
     if once:
