@@ -156,6 +156,24 @@ def test_local_run_whose_processes_died_is_failed(storage):
     assert view.manifest.stages["train"].state == "cancelled"
 
 
+def test_list_shows_the_verdict_but_rewrites_no_manifest(storage, monkeypatch, capsys):
+    """`list` (like `watch`) only reads: a dead job shows as failed, the manifest stays as it was."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    make_run(storage, "ro", executor="local", ingest=StageState(state="running", job_id=str(dead.pid)))
+    paths = storage.run("ro")
+    manifest.update(paths, lambda m: setattr(m, "driver", {"pid": dead.pid, "host": socket.gethostname()}))
+    before = paths.manifest.read_bytes()
+    cluster = storage.root.parent / "cluster.yaml"
+    cluster.write_text(f"storage_root: {storage.root}\n")
+    monkeypatch.setenv("NERVI_CLUSTER", str(cluster))
+    assert main(["list"]) == 0
+    assert "failed" in capsys.readouterr().out
+    assert paths.manifest.read_bytes() == before
+    assert snapshot([paths], record=False)[0].manifest.state == "failed"
+    assert paths.manifest.read_bytes() == before
+
+
 def test_local_run_on_another_host_is_left_alone(storage):
     make_run(storage, "far", executor="local", ingest=StageState(state="running", job_id="1"))
     paths = storage.run("far")
