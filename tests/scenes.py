@@ -1,4 +1,5 @@
-"""A test fixture: coloured disks on white, a cheap analytic scene (no ray casting) for tests and benchmarks."""
+"""A test fixture: coloured disks on white, a cheap analytic scene (no ray casting) for tests
+and benchmarks."""
 
 from dataclasses import dataclass
 

@@ -1,1 +1,2 @@
-"""The collection: sources (Cinema databases, image folders, synthetic scenes), the renders.zarr store, the training dataset."""
+"""The collection: sources (Cinema databases, image folders, synthetic scenes), the renders.zarr
+store, the training dataset."""

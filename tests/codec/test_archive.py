@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from nervi_hpc.codec import archive
-from nervi_hpc.codec.archive import (MAGIC, MAX_HEADER_BYTES, PREFIX, compression_ratio, read_archive, read_header, write_archive)
+from nervi_hpc.codec.archive import (MAGIC, MAX_HEADER_BYTES, PREFIX, compression_ratio, read_archive,
+                                     read_header, write_archive)
 from nervi_hpc.codec.quantize import dequantize, quantize
 from nervi_hpc.errors import ArchiveError
 

@@ -18,7 +18,8 @@ from ... import atomic
 from ...data.imaging import write_contact_sheet
 from ...data.sources import Source
 from ...errors import StoreError
-from ...data.store import (FORMAT, INGEST_DIR, VERSION, RenderStore, create_arrays, finish_attrs, partial_path, read_attrs, write_shard)
+from ...data.store import (FORMAT, INGEST_DIR, VERSION, RenderStore, create_arrays, finish_attrs,
+                           partial_path, read_attrs, write_shard)
 from .pixels import composite, detect_background, foreground_mask, read_pixels, spread
 
 
