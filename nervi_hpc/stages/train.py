@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +26,6 @@ from ..config import DatasetSpec, TrainSpec
 from ..data.dataset import RenderDataset, ResidentBatches, ShardAwareSampler, fits_resident, keep_batch
 from ..model import checkpoint
 from ..model.compositing import composite
-from ..model.config import ModelConfig
 from ..model.loss import loss_for, psnr
 from ..model.network import NeRVI, count_parameters
 from ..model.sizing import archive_bits, model_config
@@ -178,6 +177,8 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
         state, _ = checkpoint.load(found, map_location=env.device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        # resume exactly where the checkpoint stopped: `batch` is the position inside the epoch, so
+        # the sampler skips the batches already seen instead of starting the epoch again
         step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
         trained_seconds, cpu_before = state["seconds"], state.get("cpu_seconds", 0.0)
     cpu_start = time.process_time()
@@ -223,7 +224,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     bar = _ProgressBar(progress and env.is_main, cfg.epochs, epoch)
     lines = ProgressLog("train", paths.progress("train"), enabled=env.is_main and not progress)
     budget_s = 60 * max_minutes if max_minutes else None
-    started = time.monotonic() - trained_seconds
+    started = time.monotonic() - trained_seconds  # earlier sessions count: max_minutes is the run's total
     last_checkpoint = time.monotonic()
     images_seen, clock = 0, time.monotonic()
     loss_value = psnr_value = float("nan")
@@ -241,8 +242,13 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             inputs = inputs.to(env.device, non_blocking=True)
             images = images.contiguous(memory_format=memory_format)
             now = time.monotonic()
+            # every rank must take the same branch below (stop, checkpoint, snapshot): a rank that
+            # stops alone leaves the others waiting in the next all-reduce forever, so all take the
+            # latest clock of any rank
             elapsed, since_checkpoint = _agree([budget_seconds(now), now - last_checkpoint], env)
             time_progress = elapsed / (60 * max_minutes) if max_minutes else 0.0
+            # the schedule follows whichever budget runs out first, epochs or minutes, so a
+            # time-bound run still warms up, peaks and decays within its minutes
             progress = max(step / total_steps, time_progress)
             if cfg.until_gain_db and cooldown is None and progress >= LATEST_COOLDOWN:
                 cooldown = Cooldown(elapsed, elapsed * (1 - progress) / progress)  # the rest of the cap
