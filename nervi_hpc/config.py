@@ -160,6 +160,11 @@ class TrainSpec:
     CPU time instead of wall-clock time: a fair budget on a shared machine (one thread per run).
     `resident_share`: the collection is loaded once onto the training device when its uint8
     images and masks take at most this share of the device's memory (0: always stream it).
+    `sync_every`: the steps between the loop's reads of the clock, agreed across ranks (time
+    budget, checkpoints, snapshots); loss and PSNR are summed on the device and read once an
+    epoch. `fused_adam` steps Adam in one kernel; `compile` runs the forward pass and loss
+    through torch.compile (minutes of compiling first; docs/benchmarks.md). The loop as it was
+    before issue 13 is `resident_share: 0, sync_every: 1, fused_adam: false`.
     """
 
     epochs: int = field(default=300, metadata=check(_positive, "a positive count"))
@@ -185,6 +190,8 @@ class TrainSpec:
     amp: Literal["auto", "bf16", "off"] = "auto"
     channels_last: bool = True
     compile: bool = False
+    fused_adam: bool = True
+    sync_every: int = field(default=16, metadata=check(_positive, "a positive number of steps"))
     snapshot_minutes: list[float] = field(default_factory=list, metadata=check(
         lambda v: all(m > 0 for m in v), "positive numbers of training minutes"))
     until_gain_db: float | None = field(default=None, metadata=check(lambda v: v is None or v > 0,
