@@ -254,7 +254,8 @@ class Profile:
 
     The resources describe the training job; ingest defaults to one node without GPUs and
     compress to one task with at most one GPU. `stages` overrides any of them per stage.
-    `gpus_per_node: auto` (local only) gives the local jobs every GPU of this machine.
+    `gpus_per_node: auto` (local only) gives the local jobs every GPU of this machine, and the
+    training job one task (DDP rank) per GPU; `tasks_per_node` counts only without it.
     """
 
     executor: Literal["local", "slurm"] = "local"
