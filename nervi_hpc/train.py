@@ -9,7 +9,6 @@ if it had not stopped.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -209,12 +208,12 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     loss_fn = loss_for(mcfg.arch, cfg.mask_loss, ssim_weight=cfg.ssim_weight,
                        composite_weight=cfg.composite_weight, background=data.background)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if uses_bf16(env.device, cfg.amp) else contextlib.nullcontext()
+    bf16 = uses_bf16(env.device, cfg.amp)
 
     def forward(inputs, images, masks):
         """A batch's loss and PSNR: the network under autocast, the loss in float32 outside it
         (CUDA's autocast refuses binary_cross_entropy), the PSNR without gradient."""
-        with autocast:
+        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16):  # built here: torch.compile traces it
             output = model(inputs)
         output = output.float()
         return loss_fn(output, images, masks), psnr(composite(output.detach(), data.background, mcfg.soft), images)
