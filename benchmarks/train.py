@@ -6,8 +6,9 @@
   loss read after every step, per-tensor Adam) against today's defaults and with torch.compile,
   trained side by side (one process each, `--threads` threads) for the same epochs on the
   256² tornado IR scene (800 views) with the default model (the grid preset sized for CR 300):
-  img/s after the first epoch (compiling happens in it), PSNR, minutes; then decode img/s of
-  the trained archive at batch 1 and 64
+  img/s over the time all of them ran at once past their first epoch (compiling happens in it;
+  a compiled loop starts first), PSNR, minutes; then decode img/s of the trained archive at
+  batch 1 and 64
 - ratio: img/s of NeRVI and NeRV on random data at --size² with a model sized for CR ≈ 300 on
   800 images (c1=16, c2=64, min_channels=4: ~476 k parameters), and their step-time ratio (the
   paper reports 1.37); the paper's model at 1024² on CUDA
@@ -135,6 +136,8 @@ def finish_training(processes: list[subprocess.Popen], run: Path) -> dict:
     records = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if "images_per_s" in r]
     config = json.loads(sorted((run / "checkpoints").glob("step-*/config.json"))[-1].read_text())
+    result["batch_size"] = config["batch_size"]
+    result["progress"] = [(r["time"], r["step"]) for r in epochs]  # (time, steps done) at each epoch's end
     if len(epochs) >= 2:
         images = (epochs[-1]["step"] - epochs[0]["step"]) * config["batch_size"]
         result["steady_images_per_s"] = images / (epochs[-1]["time"] - epochs[0]["time"])
@@ -142,6 +145,27 @@ def finish_training(processes: list[subprocess.Popen], run: Path) -> dict:
         result["steady_images_per_s"] = result["images_per_s"]
     result["minutes"] = result["seconds"] / 60
     return result
+
+
+def first_epoch_done(processes: list[subprocess.Popen], run: Path) -> None:
+    """Wait until the run has logged its first epoch (or ended)."""
+    metrics = run / "logs" / "metrics.jsonl"
+    while processes[0].poll() is None and not (metrics.exists() and "images_per_s" in metrics.read_text()):
+        time.sleep(1)
+
+
+def window_rates(results: dict[str, dict]) -> tuple[dict[str, float], float]:
+    """Each run's img/s over the window in which every run was past its first epoch and none had
+    finished (steps interpolated between epoch ends), and the window's seconds: the runs shared
+    the machine alike over it."""
+    start = max(r["progress"][0][0] for r in results.values())
+    end = min(r["progress"][-1][0] for r in results.values())
+    rates = {}
+    for name, r in results.items():
+        times, steps = zip(*r["progress"])
+        done = np.interp([start, end], times, steps)
+        rates[name] = (done[1] - done[0]) * r["batch_size"] / (end - start) if end > start else float("nan")
+    return rates, end - start
 
 
 def decode_rate(decoder: Decoder, batch: int, images: int) -> float:
@@ -160,16 +184,23 @@ def decode_rate(decoder: Decoder, batch: int, images: int) -> float:
 def compare_loops(store: Path, root: Path, loops: list[str], epochs: int, threads: int, model: dict) -> None:
     """The loops of LOOPS trained side by side on `store`, then decode speed of the last one's archive."""
     settings = {"epochs": epochs, "batch_size": 8}
-    started = {name: start_training(root / name, store, model, {**settings, **LOOPS[name]}, threads)
-               for name in loops}
-    results = {name: finish_training(procs, root / name) for name, procs in started.items()}
-    base = results[loops[0]]["steady_images_per_s"]
+    started = {}
+    # a compiling loop starts first and the others once it has compiled: then all of them train
+    # side by side (the compile's CPU time would slow only its rivals' measured epochs otherwise)
+    for name in sorted(loops, key=lambda n: not LOOPS[n].get("compile")):
+        if started and not LOOPS[name].get("compile"):
+            for other in [n for n in started if LOOPS[n].get("compile")]:
+                first_epoch_done(started[other], root / other)
+        started[name] = start_training(root / name, store, model, {**settings, **LOOPS[name]}, threads)
+    results = {name: finish_training(started[name], root / name) for name in loops}
+    rates, window = window_rates(results)
     print(f"\n## training loops side by side: {epochs} epochs, batch 8, {threads} thread(s) each, "
           f"model {model or 'default'} ({results[loops[0]]['parameters']:,} parameters)")
-    print(f"| loop | img/s after epoch 1 | × {loops[0]} | img/s overall | minutes | PSNR dB | loss |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"img/s side by side: over the {window:.0f} s in which all were past epoch 1 and none had finished")
+    print(f"| loop | img/s side by side | × {loops[0]} | img/s after epoch 1 | img/s overall | minutes | PSNR dB | loss |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['steady_images_per_s']:.1f} | {r['steady_images_per_s'] / base:.2f} | "
+        print(f"| {name} | {rates[name]:.1f} | {rates[name] / rates[loops[0]]:.2f} | {r['steady_images_per_s']:.1f} | "
               f"{r['images_per_s']:.1f} | {r['minutes']:.1f} | {r['psnr']:.2f} | {r['loss']:.4f} |")
     archive = compress(root / loops[-1], evaluate=False, progress=False).archive
     decoder = Decoder.open(archive, device="cpu")
