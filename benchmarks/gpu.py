@@ -1,6 +1,6 @@
 """The GPU check: training and decoding throughput, memory, DDP over the node's GPUs, one R–D point.
 
-    make bench-gpu        # .venv/bin/python benchmarks/gpu.py --json bench/gpu.json (≈ 5 min on one GPU)
+    make bench-gpu        # .venv/bin/python benchmarks/gpu.py --json bench/gpu.json (sized for 5 min on one GPU)
     .venv/bin/python benchmarks/gpu.py --tiny --compile off --rd-minutes 0.05 --json /tmp/gpu.json  # CPU, seconds
 
 Figures, printed and written as JSON (`--json`):

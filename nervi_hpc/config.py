@@ -161,8 +161,8 @@ class TrainSpec:
     `resident_share`: the collection is loaded once onto the training device when its uint8
     images and masks take at most this share of the device's memory (0: always stream it).
     `sync_every`: the steps between the loop's reads of the clock, agreed across ranks (time
-    budget, checkpoints, snapshots); loss and PSNR are summed on the device and read once an
-    epoch. `fused_adam` steps Adam in one kernel; `compile` runs the forward pass and loss
+    budget, checkpoints, snapshots), read at each epoch's start too; loss and PSNR are summed on
+    the device and read once an epoch. `fused_adam` steps Adam in one kernel; `compile` runs the forward pass and loss
     through torch.compile (minutes of compiling first; docs/benchmarks.md). The loop as it was
     before issue 13 is `resident_share: 0, sync_every: 1, fused_adam: false`.
     """

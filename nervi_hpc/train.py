@@ -253,6 +253,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     history: list[tuple[float, float]] = []  # (training seconds, epoch PSNR) since this start
     model.train()
     next_sync = step  # the clock is read (and agreed across ranks) every `sync_every` steps
+    # and at each epoch's start, so a collection of few batches does not overrun its budget by epochs
     while epoch < cfg.epochs and not stopped:
         sampler.set_epoch(epoch, start_batch)
         # summed on the device, read once an epoch: a read after every step would wait for the GPU
@@ -264,7 +265,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             masks = masks.to(env.device, non_blocking=True).float()
             inputs = inputs.to(env.device, non_blocking=True)
             images = images.contiguous(memory_format=memory_format)
-            synced = step >= next_sync
+            synced = step >= next_sync or batches == 0
             if synced:
                 next_sync = (step // cfg.sync_every + 1) * cfg.sync_every
                 now = time.monotonic()
