@@ -148,7 +148,8 @@ def test_the_fast_loop_trains_what_the_old_loop_trained(tmp_path, make_store):
 
 def test_resume_after_a_kill_gives_the_same_weights_as_not_stopping(tmp_path, make_store):
     """A real `nervi-hpc train` process killed mid-run, then resumed, ends where an unbroken run ends."""
-    settings = dict(epochs=6, batch_size=4, seed=5, checkpoint_minutes=1e-6, keep_latest_k=50, sync_every=2)
+    # sync_every 1: a checkpoint after every step, so the kill lands well before the end
+    settings = dict(epochs=6, batch_size=4, seed=5, checkpoint_minutes=1e-6, keep_latest_k=50, sync_every=1)
     for name in ("straight", "killed"):
         run = tmp_path / name
         make_store(f"{name}/renders.zarr", size=16)

@@ -120,7 +120,8 @@ def short_run(tmp_path_factory):
     (folder, cli environment, run id, submit's output)."""
     folder = tmp_path_factory.mktemp("short")
     env = local_cluster(folder)
-    ran = cli("submit", write_spec(folder, "short", epochs=300, max_minutes=0.01), "--wait", env=env)
+    # batch 1: 12 steps an epoch, so 0.6 s holds fewer than 20 epochs however fast a step is
+    ran = cli("submit", write_spec(folder, "short", epochs=300, max_minutes=0.01, batch_size=1), "--wait", env=env)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     run_id = json.loads(cli("list", "--json", env=env).stdout)[0]["run"]
     return folder, env, run_id, ran.stdout
