@@ -1,7 +1,7 @@
 """The GPU check: training and decoding throughput, memory, DDP over the node's GPUs, one R–D point.
 
     make bench-gpu        # .venv/bin/python benchmarks/gpu.py --json bench/gpu.json (sized for 5 min on one GPU)
-    .venv/bin/python benchmarks/gpu.py --tiny --compile off --rd-minutes 0.05 --json /tmp/gpu.json  # CPU, seconds
+    .venv/bin/python benchmarks/gpu.py --tiny --compile off --train-epochs 3 --rd-minutes 0.02 --json /tmp/gpu.json  # CPU, seconds
 
 Figures, printed and written as JSON (`--json`):
 - train: img/s of the real training loop (nervi_hpc.train) after its first epoch, for the
@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--tiny", action="store_true", help="sizes a CPU trains in seconds (the test suite)")
     parser.add_argument("--train-seconds", type=float, default=12.0, help="training time of each throughput run")
+    parser.add_argument("--train-epochs", type=int, help="epochs of each throughput run instead (a run of "
+                        "predictable length: the test suite's)")
     parser.add_argument("--compile", choices=["both", "off", "on"], default="both")
     parser.add_argument("--rd-minutes", type=float, default=3.0, help="training time of the R–D point")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
@@ -118,7 +120,9 @@ def main() -> None:
             rate_off = None
             for compiled in compiles:
                 run = root / name / f"compile-{'on' if compiled else 'off'}"
-                if compiled and rate_off:  # as many images as the run without compile saw, plus its first epoch
+                if args.train_epochs:
+                    budget = dict(epochs=args.train_epochs)
+                elif compiled and rate_off:  # as many images as the run without compile saw, plus its first epoch
                     budget = dict(epochs=1 + math.ceil(args.train_seconds * rate_off / len(theta) / len(phi)))
                 else:
                     budget = dict(max_minutes=args.train_seconds / 60)
