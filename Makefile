@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 bench: $(STAMP)  # every benchmark, printing its figures (tens of minutes on 2 CPU cores)
 	for b in render ingest train decode codec entropy viewer baselines; do $(BIN)/python benchmarks/$$b.py || exit 1; done
+
+bench-gpu: $(STAMP)  # the GPU check (≈ 5 min on one GPU; CPU-only parts elsewhere): bench/gpu.json
+	$(BIN)/python benchmarks/gpu.py --json bench/gpu.json
 
 clean:
 	rm -rf $(VENV) out

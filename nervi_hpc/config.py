@@ -100,6 +100,11 @@ class TrainSpec:
     `qat` trains the cooldown quantization-aware at `model.bits`: each step's gradient is taken
     at the weights as the archive will hold them and applied to the float weights (without
     `until_gain_db`, the cooldown is the last `cooldown_share` of the run).
+    `sync_every`: the steps between the loop's reads of the clock, agreed across ranks (time
+    budget, checkpoints, snapshots), read at each epoch's start too; loss and PSNR are summed on
+    the device and read once an epoch. `fused_adam` steps Adam in one kernel; `compile` runs the forward pass and loss
+    through torch.compile (minutes of compiling first; docs/benchmarks.md). The loop as it was
+    before issue 13 is `resident_share: 0, sync_every: 1, fused_adam: false`.
     """
 
     epochs: int = field(default=300, metadata=check(_positive, "a positive count"))
@@ -125,6 +130,8 @@ class TrainSpec:
     amp: Literal["auto", "bf16", "off"] = "auto"
     channels_last: bool = True
     compile: bool = False
+    fused_adam: bool = True
+    sync_every: int = field(default=16, metadata=check(_positive, "a positive number of steps"))
     snapshot_minutes: list[float] = field(default_factory=list, metadata=check(
         lambda v: all(m > 0 for m in v), "positive numbers of training minutes"))
     until_gain_db: float | None = field(default=None, metadata=check(lambda v: v is None or v > 0,
@@ -184,7 +191,8 @@ class Profile:
 
     The resources describe the training job; ingest defaults to one node without GPUs and
     compress to one task with at most one GPU. `stages` overrides any of them per stage.
-    `gpus_per_node: auto` (local only) gives the local jobs every GPU of this machine.
+    `gpus_per_node: auto` (local only) gives the local jobs every GPU of this machine, and the
+    training job one task (DDP rank) per GPU; `tasks_per_node` counts only without it.
     """
 
     executor: Literal["local", "slurm"] = "local"

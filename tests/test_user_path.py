@@ -120,8 +120,8 @@ def short_run(tmp_path_factory):
     (folder, cli environment, run id, submit's output)."""
     folder = tmp_path_factory.mktemp("short")
     env = local_cluster(folder)
-    # 60 ms: a few epochs of the 12 tiny images even on an idle machine (the warning needs < 20)
-    ran = cli("submit", write_spec(folder, "short", epochs=300, max_minutes=0.001), "--wait", env=env)
+    # batch 1 and 60 ms: 12 steps an epoch, so the budget holds fewer than 20 epochs however fast a step is
+    ran = cli("submit", write_spec(folder, "short", epochs=300, max_minutes=0.001, batch_size=1), "--wait", env=env)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     run_id = json.loads(cli("list", "--json", env=env).stdout)[0]["run"]
     return folder, env, run_id, ran.stdout

@@ -156,6 +156,10 @@ class ResidentBatches:
         self.sampler = sampler
 
     def __iter__(self):
-        for batch in self.sampler:
-            index = torch.as_tensor(batch, device=self.images.device)
+        batches = list(self.sampler)
+        if not batches:
+            return
+        # the epoch's indices go to the device in one copy, not one per batch
+        order = torch.as_tensor(np.concatenate(batches), dtype=torch.long).to(self.images.device)
+        for index in order.split([len(b) for b in batches]):
             yield self.images[index], self.masks[index], self.inputs[index]

@@ -40,9 +40,11 @@ def stage_resources(profile: Profile, stage: str, machine_gpus: int = 0) -> Reso
     task on one node without GPUs, compress to one task with at most one GPU; then the
     profile's `stages.<stage>` overrides apply: a stage on another partition drops the
     profile's constraint, and a stage's `setup` replaces the profile's. `machine_gpus`
-    resolves `gpus_per_node: auto`."""
-    gpus = machine_gpus if profile.gpus_per_node == "auto" else profile.gpus_per_node
-    values = dict(nodes=profile.nodes, tasks_per_node=profile.tasks_per_node, cpus_per_task=profile.cpus_per_task,
+    resolves `gpus_per_node: auto`: training then runs one DDP task per GPU (one task without)."""
+    auto = profile.gpus_per_node == "auto"
+    gpus = machine_gpus if auto else profile.gpus_per_node
+    tasks = max(1, gpus) if auto else profile.tasks_per_node
+    values = dict(nodes=profile.nodes, tasks_per_node=tasks, cpus_per_task=profile.cpus_per_task,
                   gpus_per_node=gpus, mem_gb=profile.mem_gb, time_min=profile.time_min,
                   partition=profile.partition, qos=profile.qos, constraint=profile.constraint,
                   setup=tuple(profile.setup))

@@ -69,6 +69,25 @@ def default_batch_size(count: int, world: int) -> int:
     return max(world, min(count, DEFAULT_BATCH))
 
 
+def adam(parameters: list[torch.nn.Parameter], cfg: TrainSpec) -> torch.optim.Adam:
+    """Adam in one fused kernel over all the parameters (`train.fused_adam`; the multi-tensor
+    version where this torch has no fused one for the device), else torch's per-tensor loop."""
+    if not cfg.fused_adam:
+        return torch.optim.Adam(parameters, lr=cfg.lr, foreach=False)
+    try:
+        return torch.optim.Adam(parameters, lr=cfg.lr, fused=True)
+    except RuntimeError:  # "fused=True requires ... supported devices"
+        return torch.optim.Adam(parameters, lr=cfg.lr, foreach=True)
+
+
+def uses_bf16(device: torch.device, amp: str) -> bool:
+    """Whether training runs under bf16 autocast: on CUDA only; `auto` where the GPU computes in
+    bf16 natively (compute capability 8 and above: A100, H100), `bf16` on any GPU."""
+    if device.type != "cuda" or amp == "off":
+        return False
+    return amp == "bf16" or torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def learning_rate(cfg: TrainSpec, progress: float, cooldown: float | None = None) -> float:
     """lr at `progress` ∈ [0, 1] of the run: linear warm-up, then cosine to final_lr·lr.
 
@@ -169,7 +188,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     cuda = env.device.type == "cuda"
     memory_format = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    optimizer = adam(list(model.parameters()), cfg)
     step = epoch = start_batch = 0
     trained_seconds = cpu_before = 0.0
     found = checkpoint.latest(paths.checkpoints)
@@ -194,12 +213,20 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
         if cuda:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device] if cuda else None)
-    net = torch.compile(model) if cfg.compile else model
     module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     loss_fn = loss_for(mcfg.arch, cfg.mask_loss, ssim_weight=cfg.ssim_weight,
                        composite_weight=cfg.composite_weight, background=data.background)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp != "off"
-                else contextlib.nullcontext())
+    bf16 = uses_bf16(env.device, cfg.amp)
+
+    def forward(inputs, images, masks):
+        """A batch's loss and PSNR: the network under autocast, the loss in float32 outside it
+        (CUDA's autocast refuses binary_cross_entropy), the PSNR without gradient."""
+        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16):  # built here: torch.compile traces it
+            output = model(inputs)
+        output = output.float()
+        return loss_fn(output, images, masks), psnr(composite(output.detach(), data.background, mcfg.soft), images)
+    # compiled, the inductor fuses the elementwise work of the step (loss, compositing, activations)
+    forward_pass = torch.compile(forward) if cfg.compile else forward
     total_steps = cfg.epochs * sampler.batches_per_epoch
     config_record = {"dataset": to_dict(spec), "model": mcfg.to_dict(), "batch_size": batch_size,
                      "world_size": env.world_size, "height": data.height, "width": data.width,
@@ -233,20 +260,28 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     snapshots_due = sorted(m for m in cfg.snapshot_minutes if 60 * m > budget_seconds(time.monotonic()))
     history: list[tuple[float, float]] = []  # (training seconds, epoch PSNR) since this start
     model.train()
+    next_sync = step  # the clock is read (and agreed across ranks) every `sync_every` steps
+    # and at each epoch's start, so a collection of few batches does not overrun its budget by epochs
     while epoch < cfg.epochs and not stopped:
         sampler.set_epoch(epoch, start_batch)
-        epoch_loss, epoch_psnr, batches = 0.0, 0.0, 0
+        # summed on the device, read once an epoch: a read after every step would wait for the GPU
+        epoch_loss = torch.zeros((), dtype=torch.float64, device=env.device)
+        epoch_psnr = torch.zeros((), dtype=torch.float64, device=env.device)
+        batches = 0
         for images, masks, inputs in loader:
             images = images.to(env.device, non_blocking=True).float().div_(255)
             masks = masks.to(env.device, non_blocking=True).float()
             inputs = inputs.to(env.device, non_blocking=True)
             images = images.contiguous(memory_format=memory_format)
-            now = time.monotonic()
-            # every rank must take the same branch below (stop, checkpoint, snapshot): a rank that
-            # stops alone leaves the others waiting in the next all-reduce forever, so all take the
-            # latest clock of any rank
-            elapsed, since_checkpoint = _agree([budget_seconds(now), now - last_checkpoint], env)
-            time_progress = elapsed / (60 * max_minutes) if max_minutes else 0.0
+            synced = step >= next_sync or batches == 0
+            if synced:
+                next_sync = (step // cfg.sync_every + 1) * cfg.sync_every
+                now = time.monotonic()
+                # every rank must take the same branch below (stop, checkpoint, snapshot): a rank
+                # that stops alone leaves the others waiting in the next all-reduce forever, so all
+                # take the latest clock of any rank
+                elapsed, since_checkpoint = _agree([budget_seconds(now), now - last_checkpoint], env)
+                time_progress = elapsed / (60 * max_minutes) if max_minutes else 0.0
             # the schedule follows whichever budget runs out first, epochs or minutes, so a
             # time-bound run still warms up, peaks and decays within its minutes
             progress = max(step / total_steps, time_progress)
@@ -261,9 +296,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             # weights and applied to the float ones (straight-through)
             in_cooldown = cooldown is not None or (not cfg.until_gain_db and progress >= 1 - cfg.cooldown_share)
             with archived_weights(module, bits, cfg.qat and in_cooldown):
-                with autocast:
-                    output = net(inputs)
-                    loss = loss_fn(output.float(), images, masks)
+                loss, batch_psnr = forward_pass(inputs, images, masks)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             if cfg.clip_grad:
@@ -273,11 +306,10 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             start_batch += 1
             batches += 1
             images_seen += len(inputs) * env.world_size
-            with torch.no_grad():
-                epoch_loss += loss.item()
-                epoch_psnr += psnr(composite(output.float(), data.background, mcfg.soft), images).item()
+            epoch_loss += loss.detach()
+            epoch_psnr += batch_psnr
             trained_seconds = time.monotonic() - started
-            if snapshots_due and elapsed >= 60 * snapshots_due[0]:  # `elapsed`: every rank agrees
+            if synced and snapshots_due and elapsed >= 60 * snapshots_due[0]:  # `elapsed`: every rank agrees
                 while snapshots_due and elapsed >= 60 * snapshots_due[0]:
                     snapshots_due.pop(0)
                 paused, cpu_paused = time.monotonic(), time.process_time()
@@ -289,14 +321,14 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
             if max_minutes and time_progress >= 1.0:
                 stopped = True
                 break
-            if since_checkpoint > 60 * cfg.checkpoint_minutes:
+            if synced and since_checkpoint > 60 * cfg.checkpoint_minutes:
                 save(False)
                 last_checkpoint = time.monotonic()
         if start_batch >= sampler.batches_per_epoch:
             epoch, start_batch = epoch + 1, 0
         if batches == 0:  # resumed from a checkpoint taken at the end of an epoch
             continue
-        loss_value, psnr_value = epoch_loss / batches, epoch_psnr / batches
+        loss_value, psnr_value = (epoch_loss / batches).item(), (epoch_psnr / batches).item()
         rate = images_seen / max(time.monotonic() - clock, 1e-9)
         eta = (total_steps - step) * batch_size / rate if rate else float("nan")
         if env.is_main:

@@ -195,10 +195,13 @@ def test_local_jobs_see_the_gpus_the_profile_gives(tmp_path):
     auto = Profile(executor="local", gpus_per_node="auto")
     res = {s: resources.stage_resources(auto, s, machine_gpus=2) for s in ("ingest", "train", "compress")}
     assert [res[s].gpus_per_node for s in ("ingest", "train", "compress")] == [0, 2, 1]
+    assert [res[s].tasks_per_node for s in ("ingest", "train", "compress")] == [1, 2, 1]  # a DDP rank per GPU
+    cpu_only = resources.stage_resources(auto, "train", machine_gpus=0)
+    assert (cpu_only.gpus_per_node, cpu_only.tasks_per_node) == (0, 1)
     executor = submitit.LocalExecutor(folder=tmp_path)
     executor.update_parameters(**local.local_parameters(auto, res["train"]))
     job = executor.submit(submitit.helpers.CommandFunction(["printenv", "CUDA_VISIBLE_DEVICES"]))
-    assert job.result().strip() == "0,1"
+    assert [out.strip() for out in job.results()] == ["0,1", "0,1"]  # two tasks, each sees both GPUs
 
 
 def test_dry_run_prints_the_chained_sbatch_scripts(tmp_path):

@@ -175,7 +175,7 @@ def test_a_resident_collection_trains_exactly_as_the_streamed_one(tmp_path, make
 
 def test_training_writes_checkpoints_metrics_and_keeps_latest_k(tmp_path, make_store):
     make_store(size=16)
-    result = train(tmp_path, spec(epochs=3, batch_size=4, checkpoint_minutes=1e-6, keep_latest_k=2),
+    result = train(tmp_path, spec(epochs=3, batch_size=4, checkpoint_minutes=1e-6, keep_latest_k=2, sync_every=1),
                    progress=False)
     steps = checkpoint.complete_steps(tmp_path / "checkpoints")
     assert [p.name for p in steps] == ["step-000011", "step-000012"]
@@ -187,10 +187,35 @@ def test_training_writes_checkpoints_metrics_and_keeps_latest_k(tmp_path, make_s
     assert records[-1]["event"] == "done" and all(r["loss"] > 0 for r in records)
 
 
+def test_the_clock_is_read_every_sync_every_steps(tmp_path, make_store):
+    """Checkpoint decisions wait for a reading of the clock: after steps 0, 4, 8 of 12 here."""
+    make_store(size=16)
+    train(tmp_path, spec(epochs=3, batch_size=4, checkpoint_minutes=1e-6, keep_latest_k=10, sync_every=4),
+          progress=False)
+    assert [p.name for p in checkpoint.complete_steps(tmp_path / "checkpoints")] == [
+        "step-000001", "step-000005", "step-000009", "step-000012"]
+
+
+OLD_LOOP = dict(resident_share=0.0, sync_every=1, fused_adam=False)  # the loop before issue 13
+
+
+def test_the_fast_loop_trains_what_the_old_loop_trained(tmp_path, make_store):
+    make_store(size=16)
+    results = {}
+    for name, settings in (("old", OLD_LOOP), ("new", {})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "renders.zarr").symlink_to(tmp_path / "renders.zarr", target_is_directory=True)
+        results[name] = train(tmp_path / name, spec(epochs=3, batch_size=4, seed=2, **settings), progress=False)
+    assert_same_weights(weights(tmp_path / "old"), weights(tmp_path / "new"), atol=1e-5)
+    assert results["old"].psnr == pytest.approx(results["new"].psnr, abs=1e-3)
+    assert results["old"].loss == pytest.approx(results["new"].loss, rel=1e-4)
+
+
 def test_resume_after_a_kill_gives_the_same_weights_as_not_stopping(tmp_path, make_store):
     """A real `nervi-hpc train` process killed mid-run, then resumed, ends where an unbroken run ends."""
-    # 120 steps: enough that a loaded machine cannot finish them between two polls of the killer
-    settings = dict(epochs=30, batch_size=4, seed=5, checkpoint_minutes=1e-6, keep_latest_k=200)
+    # a checkpoint after every step (sync_every 1) and 120 of them: the kill lands before the end
+    # even when a loaded machine is slow to let this process see the seventh
+    settings = dict(epochs=30, batch_size=4, seed=5, checkpoint_minutes=1e-6, keep_latest_k=200, sync_every=1)
     for name in ("straight", "killed"):
         run = tmp_path / name
         make_store(f"{name}/renders.zarr", size=16)
