@@ -123,7 +123,9 @@ def test_quantization_aware_training_takes_the_cooldown_steps_at_the_archived_we
 
 def test_training_to_convergence_stops_after_its_cooldown_and_keeps_snapshots(tmp_path, make_store):
     make_store(size=16)
-    result = train(tmp_path, spec(epochs=100000, batch_size=4, max_minutes=0.05, until_gain_db=0.2,
+    # a gain of 0.001 dB: no plateau before the cap's cooldown (at 80 % of 3 s), so both snapshots
+    # come first however the machine's load shapes the PSNR curve
+    result = train(tmp_path, spec(epochs=100000, batch_size=4, max_minutes=0.05, until_gain_db=0.001,
                                   snapshot_minutes=[0.01, 0.02]), progress=False)
     assert result.converged and not result.stopped_early and result.epochs < 100000
     snapshots = checkpoint.complete_steps(tmp_path / "snapshots")
