@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..codec.quantize import DEFAULT_BITS
 from ..errors import ConfigError
+from ..model.sizing import archive_bits
 from ..schema import check
 
 
@@ -48,7 +48,7 @@ class NerviVariant:
     @property
     def own_bits(self) -> int:
         """The bits the run is sized and trained for (model.bits, default 9)."""
-        return self.model.get("bits", DEFAULT_BITS)
+        return archive_bits(self.model)
 
     def archives(self) -> list[tuple[str, int, float | None]]:
         """(method, bits, prune fraction) of each archive written from a run's checkpoint (by

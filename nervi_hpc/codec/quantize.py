@@ -13,6 +13,7 @@ dropped: `dequantize` returns only the floating-point tensors, to load with
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -129,3 +130,23 @@ def dequantize_tensor(q: QuantizedTensor) -> torch.Tensor:
 def dequantize(q: QuantizedModel) -> dict[str, torch.Tensor]:
     """The float32 state dict of `q` (dropped integer buffers are absent: load with strict=False)."""
     return {name: dequantize_tensor(t) for name, t in q.tensors.items()}
+
+
+@contextlib.contextmanager
+def archived_weights(module: torch.nn.Module, bits: int, enabled: bool = True):
+    """Within the block, `module`'s parameters hold their values as the archive will at `bits`
+    bits (`as_archived`), for quantization-aware training; on leaving, their float values come back (gradients stay)."""
+    if not enabled:
+        yield
+        return
+    params = [p for p in module.parameters() if p.is_floating_point()]
+    floats = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.copy_(as_archived(p, bits))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, floats):
+                p.copy_(value)

@@ -22,11 +22,12 @@ import torch
 from ..codec.archive import compression_ratio, write_archive
 from ..codec.header import ArchiveMeta, Parameter
 from ..codec.prune import prune as prune_weights
-from ..codec.quantize import DEFAULT_BITS, quantize
+from ..codec.quantize import quantize
 from ..data.store import RenderStore
 from ..errors import ConfigError, NerviError, StoreError
 from ..model import checkpoint
 from ..model.config import ModelConfig
+from ..model.sizing import archive_bits
 from ..paths import RunPaths
 from ..progress import ProgressLog
 from .evaluate.measure import evaluate as evaluate_archive
@@ -86,7 +87,7 @@ def compress(run_dir: str | os.PathLike, *, bits: int | None = None, name: str |
         raise NerviError(f"{paths.checkpoints}: no complete checkpoint; train the run first")
     state, config = checkpoint.load(found)
     if bits is None:
-        bits = config.get("dataset", {}).get("model", {}).get("bits", DEFAULT_BITS)
+        bits = archive_bits(config.get("dataset", {}).get("model", {}))
     store = RenderStore.open(paths.store)
     meta = archive_meta(state, config, found.name, store, bits, _final_figures(paths.metrics, state["step"]))
     weights = state["model"]

@@ -9,10 +9,8 @@ if it had not stopped.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..codec.quantize import as_archived
+from ..codec.quantize import archived_weights
 from ..config import DatasetSpec, TrainSpec
 from ..data.dataset import RenderDataset, ResidentBatches, ShardAwareSampler, fits_resident, keep_batch
 from ..model import checkpoint
@@ -32,6 +30,7 @@ from ..model.sizing import archive_bits, model_config
 from ..paths import RunPaths
 from ..progress import ProgressLog
 from ..schema import to_dict
+from .schedule import LATEST_COOLDOWN, Cooldown, learning_rate, plateaued
 
 
 @dataclass(frozen=True)
@@ -86,46 +85,6 @@ def uses_bf16(device: torch.device, amp: str) -> bool:
     if device.type != "cuda" or amp == "off":
         return False
     return amp == "bf16" or torch.cuda.get_device_capability(device)[0] >= 8
-
-
-def learning_rate(cfg: TrainSpec, progress: float, cooldown: float | None = None) -> float:
-    """lr at `progress` ∈ [0, 1] of the run: linear warm-up, then cosine to final_lr·lr.
-
-    With `until_gain_db` (train to convergence) the schedule is warm-up, stable, decay instead:
-    lr stays at its peak after the warm-up until a cooldown starts (`Cooldown`), and `cooldown`
-    ∈ [0, 1] is how far along it is; over it lr falls by the same cosine.
-    """
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if progress < cfg.warmup and (cooldown is None or not cfg.until_gain_db):
-        return cfg.lr * max(progress / cfg.warmup, 1e-3)
-    if cfg.until_gain_db:
-        if cooldown is None:
-            return cfg.lr
-        t = cooldown
-    else:
-        t = (progress - cfg.warmup) / (1 - cfg.warmup)
-    return cfg.lr * (cfg.final_lr + (1 - cfg.final_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
-
-
-@dataclass(frozen=True)
-class Cooldown:
-    """The lr decay that ends a run trained to convergence: from `start` for `length` seconds.
-
-    It starts when the training PSNR plateaus (`plateaued`), lasting `train.cooldown_share` of the
-    time trained so far, or at LATEST_COOLDOWN of the run's cap at the latest, lasting the rest: a
-    plateau at the peak lr is not convergence (it was, on the grid preset, after 3 minutes at
-    21 dB), so every run ends with its lr decayed, and stops when the cooldown is over.
-    """
-
-    start: float
-    length: float
-
-    def progress(self, elapsed: float) -> float:
-        return (elapsed - self.start) / max(self.length, 1e-9)
-
-
-LATEST_COOLDOWN = 0.8
 
 
 @dataclass
@@ -360,41 +319,6 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     return TrainResult(str(final or checkpoint.latest(paths.checkpoints)), epoch, step, trained_seconds,
                        images_seen / max(time.monotonic() - clock, 1e-9), loss_value, psnr_value,
                        count_parameters(module), stopped and not converged, _digest(module), converged)
-
-
-@contextlib.contextmanager
-def archived_weights(module: torch.nn.Module, bits: int, enabled: bool = True):
-    """Within the block, `module`'s parameters hold their values as the archive will at `bits`
-    bits (codec.quantize.as_archived); on leaving, their float values come back (gradients stay)."""
-    if not enabled:
-        yield
-        return
-    params = [p for p in module.parameters() if p.is_floating_point()]
-    floats = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p in params:
-            p.copy_(as_archived(p, bits))
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, value in zip(params, floats):
-                p.copy_(value)
-
-
-PLATEAU_WINDOW = 5  # epochs averaged at each end of the last quarter: one epoch's PSNR is noisy
-
-
-def plateaued(history: list[tuple[float, float]], gain_db: float) -> bool:
-    """Whether the (seconds, PSNR) history gained less than `gain_db` over its last quarter of
-    training time: the mean PSNR of the last PLATEAU_WINDOW epochs against that of the
-    PLATEAU_WINDOW epochs up to three quarters of the time."""
-    now = history[-1][0]
-    earlier = [psnr for seconds, psnr in history if seconds <= 0.75 * now]
-    if len(earlier) < PLATEAU_WINDOW or len(history) - len(earlier) < PLATEAU_WINDOW:
-        return False
-    recent = [psnr for _, psnr in history[-PLATEAU_WINDOW:]]
-    return sum(recent) / PLATEAU_WINDOW - sum(earlier[-PLATEAU_WINDOW:]) / PLATEAU_WINDOW < gain_db
 
 
 @torch.no_grad()

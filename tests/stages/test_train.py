@@ -17,7 +17,9 @@ import yaml
 from nervi_hpc.config import DatasetSpec, load_dataset
 from nervi_hpc.model import checkpoint
 from nervi_hpc.schema import build
-from nervi_hpc.stages.train import Cooldown, _ProgressBar, archived_weights, learning_rate, plateaued, train
+from nervi_hpc.codec.quantize import archived_weights
+from nervi_hpc.stages.schedule import Cooldown, learning_rate, plateaued
+from nervi_hpc.stages.train import _ProgressBar, train
 
 TINY_MODEL = {"c1": 8, "c2": 16, "min_channels": 8, "norm": "none"}
 
