@@ -62,8 +62,8 @@ def cmd_train(args) -> None:
     import time
 
     from .config import load_dataset
-    from .hpc.jobs import train_figures
     from .paths import RunPaths
+    from .stages.figures import TrainFigures
     from .stages.train import train
 
     paths = RunPaths(Path(args.run_dir))
@@ -78,7 +78,7 @@ def cmd_train(args) -> None:
     spec, started = load_dataset(paths.spec), time.time()
     result = train(paths.root, spec, max_minutes=args.max_minutes, progress=not args.quiet)
     print(result.summary())
-    _record_by_hand(paths, "train", started, train_figures(result, spec))
+    _record_by_hand(paths, "train", started, TrainFigures.of(result, spec.train.epochs))
 
 
 def _not_while_a_job_runs(paths, stage: str) -> None:
@@ -93,7 +93,7 @@ def _not_while_a_job_runs(paths, stage: str) -> None:
                            f"wait for it or nervi-hpc cancel {paths.root.name} first")
 
 
-def _record_by_hand(paths, stage: str, started: float, figures: dict) -> None:
+def _record_by_hand(paths, stage: str, started: float, figures) -> None:
     """Keep a managed run's record (manifest.json) in step with a stage run by hand."""
     from .hpc import manifest
 
@@ -126,7 +126,7 @@ def cmd_decode(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from .hpc.status import human_bytes, human_duration
+    from .units import human_bytes, human_duration
     from .stages.decode.decoder import Decoder
     from .viewer.archives import archive_facts
 
@@ -173,9 +173,10 @@ def cmd_eval(args) -> None:
 def cmd_compress(args) -> None:
     import time
 
-    from .hpc.jobs import compress_figures
+    from . import atomic
     from .paths import RunPaths
     from .stages.compress import compress
+    from .stages.figures import CompressFigures
 
     paths = RunPaths(Path(args.run_dir))
     _not_while_a_job_runs(paths, "compress")
@@ -185,7 +186,8 @@ def cmd_compress(args) -> None:
     print(result.summary())
     if result.evaluation is not None:
         print(result.evaluation.summary())
-    _record_by_hand(paths, "compress", started, compress_figures(result, paths))
+    _record_by_hand(paths, "compress", started,
+                    CompressFigures.of(result, paths.root, atomic.file_sha256(result.archive)))
 
 
 def cmd_bench(args) -> None:
@@ -245,7 +247,8 @@ def _wait(paths) -> None:
     import time
 
     from .errors import RunError
-    from .hpc.status import human_duration, snapshot
+    from .hpc.status import snapshot
+    from .units import human_duration
 
     said, last_epoch_line = None, 0.0
     while True:
@@ -266,12 +269,12 @@ def _wait(paths) -> None:
         time.sleep(2)
     if m.state != "done":
         raise RunError(f"{paths.root.name} {m.state}: {m.reason} (logs: nervi-hpc logs {paths.root.name})")
-    f = m.stages["compress"].figures
-    archive = paths.root / f["archive"]
+    f = m.archived
+    archive = paths.root / f.archive
     seconds = (m.stages["compress"].ended or 0) - (m.stages["ingest"].started or 0)
     print(f"done in {human_duration(seconds)}: {archive}")
-    print(f"  {f['bytes']:,} bytes, CR {f['compression_ratio']:.1f}, PSNR {f['psnr']:.2f} dB "
-          f"(foreground {f['foreground_psnr']:.2f} dB); report: {paths.eval_dir / 'summary.md'}")
+    print(f"  {f.bytes:,} bytes, CR {f.compression_ratio:.1f}, PSNR {f.psnr:.2f} dB "
+          f"(foreground {f.foreground_psnr:.2f} dB); report: {paths.eval_dir / 'summary.md'}")
     print(f"  decode: nervi-hpc decode {archive} --all -o decoded/   (one view: --param NAME=VALUE … -o view.png)")
     print(f"  view:   nervi-hpc view {archive}")
     for warning in view.warnings:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from .errors import ConfigError, ModelError
+from .pipeline import STAGES
 from .model.config import DEFAULT_PRESET, PRESETS, ModelConfig
 from .schema import Grid, build, check, read_yaml
 
@@ -155,7 +156,6 @@ class DatasetSpec:
     train: TrainSpec = TrainSpec()
 
 
-STAGES = ("ingest", "train", "compress")
 
 
 def _gpus(v) -> bool:

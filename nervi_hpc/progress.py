@@ -1,4 +1,5 @@
-"""Progress where people look: a rich bar on the terminal for interactive work (`progress_bar`);
+"""Progress where people look: rich bars on the terminal for interactive work (`progress_bar`,
+`TrainingBar`);
 for a stage's job a line in the log at intervals (what `tail -f` of a Slurm `.out` shows) and
 the same figures in `logs/progress-<stage>.json` for `nervi-hpc watch` (`ProgressLog`)."""
 
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import atomic
+from .units import human_bytes, human_duration
 
 INTERVAL_ENV = "NERVI_PROGRESS_S"
 DEFAULT_INTERVAL_S = 30.0
@@ -30,8 +32,6 @@ def memory_bytes() -> dict[str, int]:
 def describe(record: dict) -> str:
     """One line of a progress record's figures: the step, images or epoch, loss, PSNR, rate, time,
     host, memory."""
-    from .hpc.status import human_duration
-
     parts = [record["step"]] if isinstance(record.get("step"), str) else []
     if "images" in record:
         parts.append(f"{record['images']}/{record['total']} images")
@@ -53,8 +53,6 @@ def describe(record: dict) -> str:
 
 def where(record: dict) -> str:
     """`node12 (RSS 1.2 GB, GPU 30.1 GB)`: the host of a progress record and its peak memory."""
-    from .hpc.status import human_bytes
-
     memory = [f"RSS {human_bytes(record['rss_bytes'])}"] if "rss_bytes" in record else []
     if "gpu_bytes" in record:
         memory.append(f"GPU {human_bytes(record['gpu_bytes'])}")
@@ -108,3 +106,31 @@ def progress_bar(enabled: bool, rate: bool = False):
     timing = [RateColumn(), TimeElapsedColumn()] if rate else []
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *timing,
                     TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+
+
+class TrainingBar:
+    """Training's rich bar (rank 0): the share of the epochs or of the time budget done, whichever is
+    larger (the run ends at the first of the two), epoch, loss, PSNR, img/s, time, ETA (a no-op
+    when disabled)."""
+
+    def __init__(self, enabled: bool, epochs: int, done: int):
+        self.progress = None
+        if enabled:
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), TaskProgressColumn(),
+                                     TextColumn("{task.description}"))
+            self.task = self.progress.add_task("", total=1.0, completed=done / epochs)
+            self.progress.start()
+
+    def update(self, epoch, epochs, loss, psnr_db, rate, eta, elapsed_s, budget_s):
+        if self.progress:
+            share = max(epoch / epochs, elapsed_s / budget_s if budget_s else 0.0)
+            spent = human_duration(elapsed_s) + (f" of {human_duration(budget_s)}" if budget_s else "")
+            self.progress.update(self.task, completed=min(share, 1.0), description=(
+                f"epoch {epoch}/{epochs} · loss {loss:.4f} · PSNR {psnr_db:.2f} dB · {rate:.1f} img/s · "
+                f"{spent} · ETA {human_duration(eta) if eta == eta else '?'}"))
+
+    def close(self):
+        if self.progress:
+            self.progress.stop()

@@ -128,7 +128,7 @@ def short_run(tmp_path_factory):
 
 
 def test_what_ends_with_a_warning():
-    from nervi_hpc.hpc.manifest import ending_warnings
+    from nervi_hpc.stages.figures import ending_warnings
 
     assert len(ending_warnings(4, 300, True, 12.0)) == 2  # the run of the issue: 4 of 300 epochs, 12 dB
     assert ending_warnings(33, 1000, True, 24.6) == []  # the demo: time-bound on purpose, it ran its course

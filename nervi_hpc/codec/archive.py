@@ -42,6 +42,7 @@ import torch
 
 from ..atomic import write_bytes
 from ..errors import ArchiveError
+from ..units import bits_per_parameter
 from . import huffman
 from .quantize import MAX_BITS, MIN_BITS, QuantizedModel, QuantizedTensor, channel_count, dequantize
 
@@ -71,7 +72,7 @@ class ArchiveInfo:
     @property
     def bits_per_parameter(self) -> float:
         """Whole file (header included) in bits per quantised parameter."""
-        return 8.0 * self.file_bytes / max(self.parameter_count, 1)
+        return bits_per_parameter(self.file_bytes, self.parameter_count)
 
 
 def compression_ratio(count: int, height: int, width: int, archive_bytes: int) -> float:

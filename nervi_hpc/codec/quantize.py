@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
+from ..units import bits_per_parameter
 
 MIN_BITS, MAX_BITS = 2, 16
 DEFAULT_BITS = 9
@@ -59,7 +60,7 @@ class QuantizedModel:
 
     def bits_per_parameter(self, nbytes: int) -> float:
         """Bits per quantised parameter when the model takes `nbytes` (e.g. the archive's size)."""
-        return 8.0 * nbytes / max(self.parameter_count, 1)
+        return bits_per_parameter(nbytes, self.parameter_count)
 
 
 def channel_count(shape: tuple[int, ...]) -> int:

@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import STAGES, Profile
+from ..config import Profile
+from ..pipeline import STAGES
 from ..paths import RunPaths
 from ..schema import build
 from . import manifest

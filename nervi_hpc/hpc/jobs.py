@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import submitit
 
@@ -21,6 +21,7 @@ from .. import atomic
 from ..config import load_dataset
 from ..paths import RunPaths
 from ..progress import ProgressLog
+from ..stages.figures import CompressFigures, IngestFigures, StageFigures, TrainFigures
 from . import manifest
 from .resources import Resources
 
@@ -34,7 +35,7 @@ class StageJob(submitit.helpers.Checkpointable):
         self.run_dir = run_dir
         self.cpus = cpus
 
-    def __call__(self) -> dict[str, Any]:
+    def __call__(self) -> StageFigures | None:
         paths = RunPaths(Path(self.run_dir))
         env = submitit.JobEnvironment()
         lead = env.global_rank == 0
@@ -44,7 +45,7 @@ class StageJob(submitit.helpers.Checkpointable):
             go = manifest.read(paths).stages[self.stage].state != "cancelled"
         if not go:
             _say(f"{self.stage}: the run was cancelled; not starting")
-            return {}
+            return None
         _say(f"{self.stage}: job {env.job_id} task {env.global_rank}/{env.num_tasks} on {env.hostname}")
         _limit_threads(self.cpus)
         try:
@@ -58,7 +59,7 @@ class StageJob(submitit.helpers.Checkpointable):
             _say(f"{self.stage}: done")
         return figures
 
-    def run(self, paths: RunPaths) -> dict[str, Any]:
+    def run(self, paths: RunPaths) -> StageFigures | None:
         raise NotImplementedError
 
 
@@ -67,7 +68,7 @@ class IngestJob(StageJob):
 
     stage = "ingest"
 
-    def run(self, paths: RunPaths) -> dict[str, Any]:
+    def run(self, paths: RunPaths) -> StageFigures | None:
         from ..data.sources import open_source
         from ..stages.ingest.run import ingest
 
@@ -77,8 +78,7 @@ class IngestJob(StageJob):
                         lines=ProgressLog("ingest", paths.progress("ingest")))
         if result.rank == 0:
             _say(result.summary())
-        return {"images": result.count, "shards": result.shards, "raw_bytes": result.raw_bytes,
-                "stored_bytes": result.stored_bytes, "seconds": result.seconds}
+        return IngestFigures.of(result)
 
 
 class TrainJob(StageJob):
@@ -86,7 +86,7 @@ class TrainJob(StageJob):
 
     stage = "train"
 
-    def run(self, paths: RunPaths) -> dict[str, Any]:
+    def run(self, paths: RunPaths) -> StageFigures | None:
         from ..stages.train import train
 
         distributed = submitit.helpers.TorchDistributedEnvironment().export(
@@ -94,7 +94,7 @@ class TrainJob(StageJob):
         spec = load_dataset(paths.spec)
         result = train(paths.root, spec, max_minutes=manifest.read(paths).train_minutes, progress=False)
         _say(result.summary())
-        return train_figures(result, spec, distributed.world_size)
+        return TrainFigures.of(result, spec.train.epochs, distributed.world_size)
 
 
 class CompressJob(StageJob):
@@ -102,12 +102,12 @@ class CompressJob(StageJob):
 
     stage = "compress"
 
-    def run(self, paths: RunPaths) -> dict[str, Any]:
+    def run(self, paths: RunPaths) -> StageFigures | None:
         from ..stages.compress import compress
 
         result = compress(paths.root, progress=False, lines=ProgressLog("compress", paths.progress("compress")))
         _say(result.summary())
-        return compress_figures(result, paths)
+        return CompressFigures.of(result, paths.root, atomic.file_sha256(result.archive))
 
 
 STAGE_JOBS: dict[str, type[StageJob]] = {job.stage: job for job in (IngestJob, TrainJob, CompressJob)}
@@ -116,24 +116,6 @@ STAGE_JOBS: dict[str, type[StageJob]] = {job.stage: job for job in (IngestJob, T
 def job_for(stage: str, paths: RunPaths, res: Resources) -> StageJob:
     """The callable a backend submits for `stage` of the run in `paths` (pickled by reference)."""
     return STAGE_JOBS[stage](str(paths.root), res.cpus_per_task)
-
-
-def train_figures(result, spec, world_size: int = 1) -> dict[str, Any]:
-    """What the run's record keeps of a training (a job's or a `nervi-hpc train` by hand)."""
-    return {"epochs": result.epochs, "epochs_planned": spec.train.epochs, "steps": result.steps,
-            "seconds": result.seconds, "loss": result.loss, "psnr": result.psnr, "parameters": result.parameters,
-            "images_per_s": result.images_per_s, "stopped_early": result.stopped_early, "world_size": world_size}
-
-
-def compress_figures(result, paths: RunPaths) -> dict[str, Any]:
-    """What the run's record keeps of an archive: where, size, checksum, CR and quality."""
-    evaluation = result.evaluation.figures if result.evaluation else {}
-    return {"archive": str(result.archive.relative_to(paths.root)), "bytes": result.bytes,
-            "sha256": atomic.file_sha256(result.archive), "compression_ratio": result.compression_ratio,
-            "bits": result.bits, "parameters": result.parameters,
-            "psnr": evaluation.get("psnr_db", {}).get("mean"),
-            "foreground_psnr": evaluation.get("foreground_psnr_db", {}).get("mean"),
-            "ms_ssim": evaluation.get("ms_ssim", {}).get("mean")}
 
 
 def one_line(error: BaseException, limit: int = 400) -> str:

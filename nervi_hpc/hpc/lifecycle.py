@@ -16,7 +16,8 @@ from pathlib import Path
 import yaml
 
 from .. import atomic
-from ..config import STAGES, ClusterConfig, Profile, load_dataset
+from ..config import ClusterConfig, Profile, load_dataset
+from ..pipeline import STAGES
 from ..errors import NerviError, RunError, SchedulerError
 from ..paths import RunPaths, StoragePaths
 from ..schema import to_dict
@@ -152,16 +153,16 @@ def resume(paths: RunPaths, cluster: ClusterConfig, max_minutes: float | None = 
     run = paths.root.name
     if not m.terminal:
         raise RunError(f"{run}: {m.state}; it is still going (nervi-hpc watch {run})")
-    train = m.stages["train"].figures
-    trained = (train.get("seconds") or 0.0) / 60
+    train = m.trained
+    trained = ((train.seconds if train else None) or 0.0) / 60
     if max_minutes is None and m.state == "done":
         raise RunError(f"{run}: done; to train on give --max-minutes M, the run's total training time "
                        f"(it has trained {trained:.1f} min)")
     if max_minutes is not None and max_minutes <= trained:
         raise RunError(f"{run}: --max-minutes {max_minutes:g} is the run's total training time, and it has "
                        f"trained {trained:.1f} min already; give more")
-    if max_minutes is not None and train and not train.get("stopped_early"):
-        raise RunError(f"{run}: training ran all its {train.get('epochs')} epochs; more minutes would not "
+    if max_minutes is not None and train and not train.stopped_early:
+        raise RunError(f"{run}: training ran all its {train.epochs} epochs; more minutes would not "
                        f"change it (submit a spec with more train.epochs)")
     profile = cluster.profile(m.profile)
     redo = ("train", "compress") if max_minutes is not None else ()

@@ -1,7 +1,8 @@
 """Run state: `runs/<run-id>/manifest.json`, written atomically under a file lock.
 
 The manifest records the spec's digest, the profile, and per stage (ingest → train → compress)
-its job id, state, times, start count, failure reason and key figures. The CLI (submit, cancel,
+its job id, state, times, start count, failure reason and key figures (the stage's typed record,
+nervi_hpc.stages.figures). The CLI (submit, cancel,
 status) and the stage jobs all change it through `update`, which holds an exclusive `flock` on
 the run's lock file while it reads, changes and atomically replaces the file, so concurrent
 writers (two submits, a job finishing while the user cancels) never lose each other's changes.
@@ -21,10 +22,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .. import atomic
-from ..config import STAGES, DatasetSpec
+from ..config import DatasetSpec
+from ..pipeline import BY_NAME, STAGES
 from ..errors import RunError
 from ..paths import RunPaths, StoragePaths
 from ..schema import to_dict
+from ..stages.figures import CompressFigures, StageFigures, TrainFigures, run_warnings
 
 FORMAT = "nervi-run"
 VERSION = 1
@@ -51,7 +54,7 @@ class StageState:
     ended: float | None = None
     starts: int = 0
     reason: str | None = None
-    figures: dict[str, Any] = field(default_factory=dict)
+    figures: StageFigures | None = None
 
     @property
     def terminal(self) -> bool:
@@ -105,6 +108,23 @@ class Manifest:
         return None
 
     @property
+    def warnings(self) -> list[str]:
+        """What a finished run should not hide (stages.figures.ending_warnings); none before."""
+        if self.state != "done":
+            return []
+        return run_warnings(self.trained, self.archived)
+
+    @property
+    def trained(self) -> TrainFigures | None:
+        """The train stage's figures, once it is done."""
+        return self.stages["train"].figures
+
+    @property
+    def archived(self) -> CompressFigures | None:
+        """The compress stage's figures (the archive), once it is done."""
+        return self.stages["compress"].figures
+
+    @property
     def active_stage(self) -> str | None:
         """The stage running now, else the first one waiting, else None."""
         for wanted in ("running", "queued", "pending"):
@@ -131,7 +151,7 @@ class Manifest:
         record.starts += 1
         return True
 
-    def finished(self, stage: str, figures: dict[str, Any]) -> None:
+    def finished(self, stage: str, figures: StageFigures | None) -> None:
         record = self.stages[stage]
         if record.state != "cancelled":
             record.state, record.ended, record.figures = "done", time.time(), figures
@@ -144,7 +164,7 @@ class Manifest:
         record.state, record.ended, record.reason = "failed", time.time(), reason
         self._never_start_after(stage, f"not started: {stage} failed")
 
-    def ran_by_hand(self, stage: str, started: float, figures: dict[str, Any]) -> None:
+    def ran_by_hand(self, stage: str, started: float, figures: StageFigures) -> None:
         """The stage was run outside the job manager (`nervi-hpc train RUN`, `compress RUN`):
         its figures are the run's now (no job of its own: job_id None)."""
         self.stages[stage] = StageState(state="done", started=started, ended=time.time(), figures=figures)
@@ -172,9 +192,9 @@ class Manifest:
         try:
             fields = {f.name for f in dataclasses.fields(cls)}
             values = {k: v for k, v in data.items() if k in fields}
-            values["stages"] = {name: StageState(**data["stages"][name]) for name in STAGES}
+            values["stages"] = {name: _stage_state(name, data["stages"][name]) for name in STAGES}
             manifest = cls(**values)
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise RunError(f"{where}: malformed manifest ({e})") from None
         bad = [s.state for s in manifest.stages.values() if s.state not in STATES]
         if bad:
@@ -182,36 +202,11 @@ class Manifest:
         return manifest
 
 
-# ----------------------------------------------------------------------------------------------
-# Judging a result
-
-LOW_PSNR_DB = 20.0  # below it the decoded images differ visibly from the renders
-SHORT_TRAINING = 0.5  # training stopped before this fraction of its epochs …
-FEW_EPOCHS = 20  # … and before seeing each image this often. A time-bound run (epochs set high on
-# purpose, the lr schedule fitted to the budget, as the demo's 1000) that got further ran its course.
-
-
-def ending_warnings(epochs: int | None, planned: int | None, stopped_early: bool | None,
-                    psnr: float | None) -> list[str]:
-    """What a finished run should not hide: training stopped far short of its epochs by the
-    time limit, or a low PSNR; each with its remedy."""
-    said = []
-    if stopped_early and epochs is not None and planned and epochs < min(SHORT_TRAINING * planned, FEW_EPOCHS):
-        said.append(f"training stopped at the time limit after epoch {epochs} of {planned}: "
-                    f"raise train.max_minutes (or resume the run with more minutes)")
-    if psnr is not None and psnr < LOW_PSNR_DB:
-        said.append(f"PSNR {psnr:.1f} dB is low (under {LOW_PSNR_DB:g} dB the images differ visibly): "
-                    f"train longer (train.max_minutes, train.epochs) or lower model.target_cr")
-    return said
-
-
-def run_warnings(m: "Manifest") -> list[str]:
-    """`ending_warnings` of a done run, from its train and compress figures."""
-    if m.state != "done":
-        return []
-    train, compress = m.stages["train"].figures, m.stages["compress"].figures
-    return ending_warnings(train.get("epochs"), train.get("epochs_planned"), train.get("stopped_early"),
-                           compress.get("psnr"))
+def _stage_state(name: str, raw: dict[str, Any]) -> StageState:
+    """A stage's record, its figures typed by the stage's registry entry."""
+    state = StageState(**raw)
+    state.figures = BY_NAME[name].figures.from_json(state.figures)
+    return state
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import STAGES, Profile
+from ..config import Profile
 from ..errors import ConfigError
+from ..pipeline import BY_NAME, STAGES
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,9 @@ class Resources:
 
 
 def stage_resources(profile: Profile, stage: str, machine_gpus: int = 0) -> Resources:
-    """The profile's resources for `stage`: training takes them as given; ingest defaults to one
-    task on one node without GPUs, compress to one task with at most one GPU; then the
+    """The profile's resources for `stage`, as its registry entry (nervi_hpc.pipeline) says:
+    training takes them as given, ingest defaults to one task on one node without GPUs, compress
+    to one task with at most one GPU; then the
     profile's `stages.<stage>` overrides apply: a stage on another partition drops the
     profile's constraint, and a stage's `setup` replaces the profile's. `machine_gpus`
     resolves `gpus_per_node: auto`: training then runs one DDP task per GPU (one task without)."""
@@ -48,10 +50,11 @@ def stage_resources(profile: Profile, stage: str, machine_gpus: int = 0) -> Reso
                   gpus_per_node=gpus, mem_gb=profile.mem_gb, time_min=profile.time_min,
                   partition=profile.partition, qos=profile.qos, constraint=profile.constraint,
                   setup=tuple(profile.setup))
-    if stage == "ingest":
-        values.update(nodes=1, tasks_per_node=1, gpus_per_node=0)
-    elif stage == "compress":
-        values.update(nodes=1, tasks_per_node=1, gpus_per_node=min(gpus, 1))
+    defaults = BY_NAME[stage]
+    if defaults.tasks == "one":
+        values.update(nodes=1, tasks_per_node=1)
+    if defaults.max_gpus is not None:
+        values.update(gpus_per_node=min(gpus, defaults.max_gpus))
     overrides = profile.stages.get(stage)
     if overrides is not None:
         given = {k: v for k, v in dataclasses.asdict(overrides).items() if v is not None}
@@ -71,12 +74,13 @@ def plan(profile: Profile, profile_name: str) -> dict[str, Resources]:
         if profile.executor == "local" and res.nodes > 1:
             raise ConfigError(f"{where}: the local executor runs on this machine only ({stage} asks for "
                               f"{res.nodes} nodes)")
-        if stage == "compress" and res.tasks > 1:
-            raise ConfigError(f"{where}: compress runs as one task, not {res.tasks}")
-    if stages["ingest"].tasks > 1 and (profile.executor == "local" or profile.mpi is None):
-        raise ConfigError(f"{where}: an ingest of {stages['ingest'].tasks} tasks needs MPI: "
-                          + ("the local executor runs it as one task with cpus_per_task worker processes"
-                             if profile.executor == "local" else "set `mpi` (srun --mpi=TYPE, e.g. pmix or pmi2)"))
+        parallel = BY_NAME[stage].parallel
+        if parallel is None and res.tasks > 1:
+            raise ConfigError(f"{where}: {stage} runs as one task, not {res.tasks}")
+        if parallel == "mpi" and res.tasks > 1 and (profile.executor == "local" or profile.mpi is None):
+            raise ConfigError(f"{where}: an {stage} of {res.tasks} tasks needs MPI: "
+                              + ("the local executor runs it as one task with cpus_per_task worker processes"
+                                 if profile.executor == "local" else "set `mpi` (srun --mpi=TYPE, e.g. pmix or pmi2)"))
     return stages
 
 

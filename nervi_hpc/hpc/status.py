@@ -24,7 +24,9 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import atomic, progress
-from ..config import STAGES, load_dataset
+from ..units import finite_or_none, human_bytes, human_duration, number_or_none
+from ..config import load_dataset
+from ..pipeline import BY_NAME, STAGES
 from ..errors import ArchiveError, ConfigError, RunError
 from ..paths import RunPaths, StoragePaths
 from . import manifest
@@ -80,12 +82,12 @@ def training_progress(paths: RunPaths, budget_minutes: float | None = None) -> T
         return None
     last = records[-1]
     budget = 60 * budget_minutes if budget_minutes is not None else _budget_s(paths)
-    eta, elapsed = _finite(last.get("eta_s")), _finite(last.get("elapsed_s"))
+    eta, elapsed = finite_or_none(last.get("eta_s")), finite_or_none(last.get("elapsed_s"))
     if budget is not None and elapsed is not None:
         left = max(budget - elapsed, 0.0)
         eta = left if eta is None else min(eta, left)
-    return Training(int(last["epoch"]), int(last["epochs"]), _finite(last.get("loss")), _number(last.get("psnr")),
-                    _finite(last.get("images_per_s")), eta, elapsed, budget)
+    return Training(int(last["epoch"]), int(last["epochs"]), finite_or_none(last.get("loss")), number_or_none(last.get("psnr")),
+                    finite_or_none(last.get("images_per_s")), eta, elapsed, budget)
 
 
 def _budget_s(paths: RunPaths) -> float | None:
@@ -94,15 +96,6 @@ def _budget_s(paths: RunPaths) -> float | None:
     except ConfigError:
         return None
     return None if minutes is None else 60 * minutes
-
-
-def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def _number(value: Any) -> float | None:
-    """A float, infinity included (the PSNR of an exact image), NaN as None."""
-    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,27 +129,23 @@ class RunView:
 
     def details(self, stage: str) -> str:
         """A stage's key figures: images and shards; epoch, loss, PSNR, ETA; archive size, CR, PSNR."""
-        record = self.manifest.stages[stage]
-        f = record.figures
+        record, kind = self.manifest.stages[stage], BY_NAME[stage]
         if record.state == "failed" or record.state == "cancelled":
             return record.reason or ""
         now = self.progress(stage)
-        if stage == "ingest" and now and "images" in now:
-            return f"{now['images']}/{now['total']} images written"
-        if stage == "ingest" and f:
-            return f"{f['images']} images, {_count(f['shards'], 'shard')}, {human_bytes(f['stored_bytes'])}"
-        if stage == "train" and (record.state == "running" or f):
-            t = self.training
-            if t is None:
-                return "starting"
-            eta = f" · ETA {human_duration(t.eta_s)}" if record.state == "running" and t.eta_s is not None else ""
-            return f"epoch {t.epoch}/{t.epochs} · loss {_show(t.loss, '.4f')} · PSNR {_show(t.psnr, '.2f')} dB{eta}"
-        if stage == "compress" and now and "images" in now:
-            return f"{now.get('step', 'compress')}: {now['images']}/{now['total']} images"
-        if stage == "compress" and f:
-            return (f"{human_bytes(f['bytes'])}, CR {f['compression_ratio']:.1f}, PSNR {_show(f['psnr'], '.2f')} dB "
-                    f"→ {f['archive']}")
-        return ""
+        if kind.progress_line is not None and now and "images" in now:
+            return kind.progress_line(now)
+        if kind.progress_line is None and (record.state == "running" or record.figures):
+            return self.training_line(record.state == "running") or (record.figures.line() if record.figures else "starting")
+        return record.figures.line() if record.figures else ""
+
+    def training_line(self, running: bool) -> str:
+        """Epoch, loss and PSNR from the training metrics (with the ETA while it runs); empty before any."""
+        t = self.training
+        if t is None:
+            return ""
+        eta = f" · ETA {human_duration(t.eta_s)}" if running and t.eta_s is not None else ""
+        return f"epoch {t.epoch}/{t.epochs} · loss {_show(t.loss, '.4f')} · PSNR {_show(t.psnr, '.2f')} dB{eta}"
 
     def stage_table(self) -> Table:
         m = self.manifest
@@ -178,7 +167,7 @@ class RunView:
 
     @property
     def warnings(self) -> list[str]:
-        return manifest.run_warnings(self.manifest)
+        return self.manifest.warnings
 
     def __rich__(self):
         parts = [self.stage_table()]
@@ -227,8 +216,8 @@ class RunsTable:
         rows = []
         for view in reversed(self.views):
             m, t = view.manifest, view.training
-            archive = m.stages["compress"].figures
-            psnr = archive.get("psnr") if archive else (t.psnr if t else None)
+            archive = m.archived
+            psnr = archive.psnr if archive else (t.psnr if t else None)
             training = ""
             if t is not None and m.stages["train"].state == "running":
                 training = f"{t.fraction:.0%}" + (f" ETA {human_duration(t.eta_s)}" if t.eta_s is not None else "")
@@ -239,8 +228,9 @@ class RunsTable:
             if view.warnings:
                 state.append(" ⚠", style="yellow")
             rows.append([Text(view.run_id), state, Text(stage), Text(training), Text(_show(psnr, ".2f")),
-                         Text(human_bytes(archive["bytes"]) if archive else ""),
-                         Text(f"{archive['compression_ratio']:.1f}" if archive else ""), Text(_when(m.created))])
+                         Text(human_bytes(archive.bytes) if archive and archive.bytes is not None else ""),
+                         Text(f"{archive.compression_ratio:.1f}" if archive and archive.compression_ratio else ""),
+                         Text(_when(m.created))])
         return rows
 
     def table(self, ids: list[str], rows: list[list[Text]]) -> Table:
@@ -287,35 +277,12 @@ def styled_state(state: str) -> Text:
     return Text(state, style=STATE_STYLES.get(state, ""))
 
 
-def human_bytes(count: float) -> str:
-    units = ("B", "kB", "MB", "GB", "TB")
-    step = 0
-    while count >= 1000 and step < len(units) - 1:
-        count, step = count / 1000, step + 1
-    return f"{count:.0f} B" if step == 0 else f"{count:.1f} {units[step]}"
-
-
-def human_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
-
-
 def _elapsed(started: float | None, ended: float | None) -> float | None:
     return None if started is None else (ended or time.time()) - started
 
 
 def _show(value: float | None, spec: str) -> str:
     return "" if value is None else "∞" if math.isinf(value) else format(value, spec)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'s' * (number != 1)}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,10 +332,10 @@ def fetch(paths: RunPaths, dest: str | Path, *, force: bool = False) -> list[Pat
     `dest` (named after the archive, so several runs can share one folder). Refuses to overwrite
     an existing file unless `force`."""
     m = manifest.read(paths)
-    figures = m.stages["compress"].figures
-    if m.stages["compress"].state != "done" or not figures:
+    figures = m.archived
+    if m.stages["compress"].state != "done" or figures is None or figures.archive is None:
         raise RunError(f"{paths.root.name}: {m.state}; there is no archive to fetch yet")
-    archive = paths.root / figures["archive"]
+    archive = paths.root / figures.archive
     sources = [archive] + [paths.eval_dir / name for name in ("summary.json", "summary.md", "contact.png")]
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
@@ -381,12 +348,12 @@ def fetch(paths: RunPaths, dest: str | Path, *, force: bool = False) -> list[Pat
         existing = [str(t) for t in targets if t.exists()]
         if existing:
             raise RunError(f"{existing[0]}: exists; not overwriting it (--force to replace)")
-    if atomic.file_sha256(archive) != figures["sha256"]:
+    if atomic.file_sha256(archive) != figures.sha256:
         raise ArchiveError(f"{archive}: sha256 differs from the one recorded when it was written; "
                            f"the stored archive is damaged")
     for source, target in zip(sources, targets):
         with atomic.atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
-            if source == archive and atomic.file_sha256(tmp) != figures["sha256"]:
+            if source == archive and atomic.file_sha256(tmp) != figures.sha256:
                 raise ArchiveError(f"{target}: the copy's sha256 differs from the archive's; nothing written")
     return targets

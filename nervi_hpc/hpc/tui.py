@@ -15,7 +15,8 @@ from rich.text import Text
 from .. import progress
 from ..errors import RunError
 from ..paths import StoragePaths
-from .status import RunView, all_runs, human_duration, log_path, runs_table, snapshot, styled_state, tail
+from ..units import human_duration
+from .status import RunView, all_runs, log_path, runs_table, snapshot, styled_state, tail
 
 LOG_LINES = 12
 

@@ -31,7 +31,8 @@ from ..model.sizing import archive_bits
 from ..paths import RunPaths
 from ..progress import ProgressLog
 from .evaluate.measure import evaluate as evaluate_archive
-from .evaluate.summary import EvalResult, finite_or_none
+from ..units import bits_per_parameter, finite_or_none
+from .evaluate.summary import EvalResult
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class CompressResult:
 
     @property
     def bits_per_parameter(self) -> float:
-        return 8.0 * self.bytes / max(self.parameters, 1)
+        return bits_per_parameter(self.bytes, self.parameters)
 
     def summary(self) -> str:
         if self.evaluation is None:

@@ -28,7 +28,7 @@ from ..model.loss import loss_for, psnr
 from ..model.network import NeRVI, count_parameters
 from ..model.sizing import archive_bits, model_config
 from ..paths import RunPaths
-from ..progress import ProgressLog
+from ..progress import ProgressLog, TrainingBar
 from ..schema import to_dict
 from .schedule import LATEST_COOLDOWN, Cooldown, learning_rate, plateaued
 
@@ -207,7 +207,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
         save(False, paths.snapshots, keep=0)  # keep=0: every snapshot stays
 
     log = MetricsLog(paths.metrics) if env.is_main else None
-    bar = _ProgressBar(progress and env.is_main, cfg.epochs, epoch)
+    bar = TrainingBar(progress and env.is_main, cfg.epochs, epoch)
     lines = ProgressLog("train", paths.progress("train"), enabled=env.is_main and not progress)
     budget_s = 60 * max_minutes if max_minutes else None
     started = time.monotonic() - trained_seconds  # earlier sessions count: max_minutes is the run's total
@@ -359,33 +359,3 @@ def _agree(values: list[float], env: Distributed) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=env.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor.tolist()
-
-
-class _ProgressBar:
-    """Rank 0's rich progress: the share of the epochs or of the time budget done, whichever is
-    larger (the run ends at the first of the two), epoch, loss, PSNR, img/s, time, ETA (a no-op
-    when disabled)."""
-
-    def __init__(self, enabled: bool, epochs: int, done: int):
-        self.progress = None
-        if enabled:
-            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
-
-            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), TaskProgressColumn(),
-                                     TextColumn("{task.description}"))
-            self.task = self.progress.add_task("", total=1.0, completed=done / epochs)
-            self.progress.start()
-
-    def update(self, epoch, epochs, loss, psnr_db, rate, eta, elapsed_s, budget_s):
-        if self.progress:
-            from ..hpc.status import human_duration
-
-            share = max(epoch / epochs, elapsed_s / budget_s if budget_s else 0.0)
-            spent = human_duration(elapsed_s) + (f" of {human_duration(budget_s)}" if budget_s else "")
-            self.progress.update(self.task, completed=min(share, 1.0), description=(
-                f"epoch {epoch}/{epochs} · loss {loss:.4f} · PSNR {psnr_db:.2f} dB · {rate:.1f} img/s · "
-                f"{spent} · ETA {human_duration(eta) if eta == eta else '?'}"))
-
-    def close(self):
-        if self.progress:
-            self.progress.stop()

@@ -89,8 +89,8 @@ def test_submit_wait_runs_every_stage_as_a_local_job(finished):
     m = manifest.read(paths)
     assert m.state == "done" and m.executor == "local"
     assert len({m.stages[s].job_id for s in m.stages}) == 3 and all(s.starts == 1 for s in m.stages.values())
-    assert m.stages["ingest"].figures["images"] == 12 and m.stages["train"].figures["epochs"] == 3
-    archive = paths.root / m.stages["compress"].figures["archive"]
+    assert m.stages["ingest"].figures.images == 12 and m.stages["train"].figures.epochs == 3
+    archive = paths.root / m.stages["compress"].figures.archive
     assert f"{archive}" in out and "CR " in out and "PSNR " in out and f"nervi-hpc decode {archive}" in out
     assert Decoder.open(archive, device="cpu").decode(np.array([[0.0, 60.0, 90.0]])).shape == (1, 16, 16, 3)
     assert (paths.eval_dir / "summary.json").is_file()
@@ -131,7 +131,7 @@ def test_fetch_verifies_the_archive_and_refuses_to_overwrite(finished, tmp_path)
     written = fetch(paths, tmp_path / "out")
     assert [p.name for p in written] == ["tiny.nervi", "tiny.summary.json", "tiny.summary.md", "tiny.contact.png"]
     m = manifest.read(paths)
-    assert written[0].read_bytes() == (paths.root / m.stages["compress"].figures["archive"]).read_bytes()
+    assert written[0].read_bytes() == (paths.root / m.stages["compress"].figures.archive).read_bytes()
     with pytest.raises(RunError, match="tiny.nervi: exists; not overwriting it"):
         fetch(paths, tmp_path / "out")
     assert fetch(paths, tmp_path / "out", force=True) == written
@@ -140,7 +140,7 @@ def test_fetch_verifies_the_archive_and_refuses_to_overwrite(finished, tmp_path)
         fetch(paths, tmp_path / "file")
     damaged = RunPaths(tmp_path / "copy")
     shutil.copytree(paths.root, damaged.root, ignore=lambda d, names: ["renders.zarr"])
-    archive = damaged.root / m.stages["compress"].figures["archive"]
+    archive = damaged.root / m.stages["compress"].figures.archive
     data = bytearray(archive.read_bytes())
     data[-1] ^= 1
     archive.write_bytes(bytes(data))
@@ -187,7 +187,7 @@ def test_killed_run_is_failed_and_resubmitting_resumes_from_its_checkpoint(tmp_p
     records = [json.loads(line) for line in paths.metrics.read_text().splitlines()]
     after = [r for r in records if r["time"] > resubmitted]
     assert step_before > 3 and after[0]["step"] >= step_before  # resumed, not restarted from step 0
-    assert done.stages["train"].figures["steps"] > step_before
+    assert done.stages["train"].figures.steps > step_before
 
 
 def test_local_jobs_see_the_gpus_the_profile_gives(tmp_path):

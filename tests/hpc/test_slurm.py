@@ -93,12 +93,12 @@ def test_whole_run_with_mpi_ingest_and_two_task_ddp_training(tmp_path, partition
     assert m.state == "done" and m.executor == "slurm"
     ingest, train, compress = (m.stages[s] for s in ("ingest", "train", "compress"))
     assert (ingest.tasks, train.tasks, compress.tasks) == (2, 2, 1)
-    assert train.figures["world_size"] == 2
+    assert train.figures.world_size == 2
     assert "ingest: job" in paths.job_log(ingest.job_id, 1).read_text()  # the second MPI rank ran
     assert "train: job" in paths.job_log(train.job_id, 1).read_text()  # the second DDP task ran
     for record in (ingest, train, compress):  # accounting lags a little behind the controller
         wait_until(lambda: sacct(record.job_id) == [["COMPLETED"]], 30, f"job {record.job_id} COMPLETED")
-    archive = paths.root / compress.figures["archive"]
+    archive = paths.root / compress.figures.archive
     assert str(archive) in out.getvalue() and "nervi-hpc decode" in out.getvalue()
     assert Decoder.open(archive, device="cpu").decode(np.array([[0.0, 30.0, 0.0]])).shape == (1, 16, 16, 3)
 

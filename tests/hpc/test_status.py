@@ -18,6 +18,7 @@ from nervi_hpc.hpc.manifest import Manifest, StageState
 from nervi_hpc.hpc.reconcile import apply_verdicts
 from nervi_hpc.hpc.status import fetch, snapshot, training_progress
 from nervi_hpc.paths import StoragePaths
+from nervi_hpc.stages.figures import IngestFigures, TrainFigures
 
 
 def make_run(storage: StoragePaths, run_id: str, executor: str = "slurm", **stages) -> Manifest:
@@ -45,7 +46,7 @@ def test_run_state_follows_its_stages():
     m.submitted("train", "8", 2)
     assert m.state == "queued" and m.stages["train"].tasks == 2
     assert m.started("ingest") and m.state == "running"
-    m.finished("ingest", {"images": 3})
+    m.finished("ingest", IngestFigures(images=3))
     assert m.state == "queued" and m.active_stage == "train"
     assert m.started("train") and m.started("train")  # a requeued job starts again
     assert m.stages["train"].restarts == 1
@@ -57,21 +58,21 @@ def test_run_state_follows_its_stages():
 
 def test_cancelled_stage_stays_cancelled():
     m = Manifest("r", "x", "0" * 64, "p", "local", 0.0)
-    m.finished("ingest", {})
+    m.finished("ingest", None)
     for stage in ("ingest", "train", "compress"):
         m.cancelled(stage, "cancelled by the user")
     assert m.stages["ingest"].state == "done"  # a finished stage is not undone
     assert not m.started("train")  # a job that starts after the cancel must not run
-    m.finished("train", {"epochs": 1})
+    m.finished("train", TrainFigures(epochs=1))
     m.failed("compress", "late")
     assert m.state == "cancelled" and m.stages["train"].state == "cancelled"
 
 
 def test_manifest_round_trip_and_bad_files(storage):
-    make_run(storage, "r1", ingest=StageState(state="done", job_id="5", figures={"images": 4}))
+    make_run(storage, "r1", ingest=StageState(state="done", job_id="5", figures=IngestFigures(images=4)))
     paths = storage.run("r1")
     again = manifest.read(paths)
-    assert again.stages["ingest"].figures == {"images": 4} and again.state == "pending"
+    assert again.stages["ingest"].figures == IngestFigures(images=4) and again.state == "pending"
     assert again.to_json() == json.loads(paths.manifest.read_text())
     paths.manifest.write_text("{not json")
     with pytest.raises(RunError, match="manifest.json: not valid JSON"):

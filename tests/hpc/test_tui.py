@@ -13,13 +13,14 @@ from nervi_hpc.hpc.manifest import StageState
 from nervi_hpc.hpc.status import all_runs, snapshot
 from nervi_hpc.hpc.tui import dashboard, pick_focus, watch
 from nervi_hpc.paths import StoragePaths
+from nervi_hpc.stages.figures import CompressFigures, IngestFigures, TrainFigures
 from tests.hpc.test_status import make_run
 
 VERDICTS = {"11": Verdict("queued", "PENDING (Resources)"), "22": Verdict("running", "RUNNING"),
             "23": Verdict("queued", "PENDING (Dependency)")}
-COMPRESSED = {"archive": "archive/d.nervi", "bytes": 60500, "sha256": "0" * 64, "compression_ratio": 312.5,
-              "bits": 9, "parameters": 50000, "psnr": 27.25, "foreground_psnr": 19.5, "ms_ssim": 0.95}
-INGESTED = {"images": 384, "shards": 3, "raw_bytes": 18874368, "stored_bytes": 2100000, "seconds": 60.0}
+COMPRESSED = CompressFigures(archive="archive/d.nervi", bytes=60500, sha256="0" * 64, compression_ratio=312.5,
+                             bits=9, parameters=50000, psnr=27.25, foreground_psnr=19.5, ms_ssim=0.95)
+INGESTED = IngestFigures(images=384, shards=3, raw_bytes=18874368, stored_bytes=2100000, seconds=60.0)
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def storage(tmp_path, monkeypatch):
     running.jobs.mkdir()
     running.job_log("22").write_text("".join(f"log line {i}\n" for i in range(30)))
     make_run(storage, "d-done", ingest=StageState(state="done", job_id="31", figures=INGESTED),
-             train=StageState(state="done", job_id="32", figures={"epochs": 40}),
+             train=StageState(state="done", job_id="32", figures=TrainFigures(epochs=40)),
              compress=StageState(state="done", job_id="33", figures=COMPRESSED))
     make_run(storage, "e-failed", ingest=StageState(state="failed", job_id="41", starts=1,
                                                     reason="/data/x: no such image folder"),
@@ -89,7 +90,7 @@ def test_focus_panel_shows_stages_progress_and_log_tail(storage):
 
 def test_a_compressing_run_shows_the_evaluation_progress(storage):
     make_run(storage, "g-compressing", ingest=StageState(state="done", job_id="61", figures=INGESTED),
-             train=StageState(state="done", job_id="62", figures={"epochs": 40}),
+             train=StageState(state="done", job_id="62", figures=TrainFigures(epochs=40)),
              compress=StageState(state="running", job_id="63", started=time.time() - 20))
     paths = storage.run("g-compressing")
     paths.logs.mkdir()

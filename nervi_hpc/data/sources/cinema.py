@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from rich.progress import MofNCompleteColumn, Progress
 
 from ...atomic import atomic_path
+from ...progress import progress_bar
 from ...errors import SourceError
 from ..imaging import write_png
 from . import Source
@@ -153,7 +153,7 @@ def write_cinema(source: Source, out_dir, progress: bool = True, batch: int = 32
                               f"database (columns starting with FILE hold file paths)")
     file_names = _file_names(source)
     with atomic_path(out_dir, directory=True) as tmp, \
-            Progress(*Progress.get_default_columns(), MofNCompleteColumn(), disable=not progress) as bar:
+            progress_bar(progress) as bar:
         task = bar.add_task(f"writing {out_dir.name}", total=len(source))
         for start in range(0, len(source), batch):
             indices = list(range(start, min(start + batch, len(source))))

@@ -10,6 +10,7 @@ from typing import Iterable
 from ...config import Profile
 from ...errors import SchedulerError
 from ...paths import RunPaths
+from ...pipeline import BY_NAME
 from ..jobs import job_for
 from ..manifest import Manifest
 from ..resources import Resources
@@ -84,7 +85,7 @@ def slurm_parameters(profile: Profile, stage: str, res: Resources, job_name: str
                   signal_delay_s=profile.signal_delay_s, stderr_to_stdout=True, dependency=dependency,
                   setup=list(res.setup) or None,
                   additional_parameters={"kill-on-invalid-dep": "yes", **profile.sbatch})
-    if stage == "ingest" and res.tasks > 1:
+    if BY_NAME[stage].parallel == "mpi" and res.tasks > 1:  # ranks over shards, started by srun
         params["srun_args"] = [f"--mpi={profile.mpi}"]
     return {k: v for k, v in params.items() if v is not None}
 

@@ -22,13 +22,14 @@ import torch
 
 from ...data.store import RenderStore
 from ...errors import StoreError
-from ...hpc.manifest import ending_warnings
 from ...parameters import png_pattern
 from ...paths import RunPaths
 from ...progress import ProgressLog, progress_bar
+from ...units import finite_or_none
 from ..decode.decoder import Decoder
+from ..figures import ending_warnings
 from .metrics import METRICS, Lpips, batch_metrics, ms_ssim_plan
-from .summary import EvalResult, Measurement, finite_or_none, first_few, show, write_report
+from .summary import EvalResult, Measurement, first_few, show, write_report
 
 
 def default_eval_dir(archive: str | os.PathLike) -> Path:

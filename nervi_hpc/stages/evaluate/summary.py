@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from ... import __version__, atomic
 from ...codec.archive import compression_ratio
 from ...data.imaging import write_png
 from ...data.store import RenderStore
+from ...units import finite_or_none
 from .colour import DELTA_E_SCALE
 from .metrics import MsSsimPlan, lpips_how_to_enable
 from .sheet import sheet_picks, sheet_rows, contact_sheet
@@ -109,11 +109,6 @@ def write_report(out_dir: str | os.PathLike, measured: Measurement, figures: dic
     atomic.write_text(out_dir / "summary.md", _markdown(figures))
     atomic.write_text(out_dir / "summary.json", json.dumps(figures, indent=2, allow_nan=False) + "\n")
     return EvalResult(out_dir, figures)
-
-
-def finite_or_none(value) -> float | None:
-    """`value` as a float when it is a finite number, else None (JSON has no inf or NaN)."""
-    return float(value) if isinstance(value, (int, float, np.floating)) and math.isfinite(value) else None
 
 
 def _stats(values: np.ndarray) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from ...data.sources import Source
 from ...data.store import RenderStore, partial_path
 from ...progress import ProgressLog, progress_bar
+from ...units import human_bytes
 from .mpi import everywhere, mpi_comm, on_root
 from .pixels import check_source
 from .shards import (Plan, default_shard_size, fingerprint, finish, prepare, write_one_shard,
@@ -46,7 +47,7 @@ class IngestResult:
     rank: int = 0  # this process's MPI rank: only rank 0 reports
 
     def summary(self) -> str:
-        stored = (f"{_human(self.stored_bytes)} stored, "
+        stored = (f"{human_bytes(self.stored_bytes)} stored, "
                   f"{self.raw_bytes / max(self.stored_bytes, 1):.1f}× smaller than the raw pixels")
         if self.written == 0:
             return f"{self.path}: already complete, {self.count} images in {self.shards} shards, {stored}"
@@ -114,14 +115,6 @@ def _write_unfinished(plan: Plan, done: set[int], comm, workers: int | None, pro
             write_local(plan, mine, workers or default_workers(), report)
         else:
             everywhere(comm, lambda: [write_one_shard(plan, shard, report) for shard in mine])
-
-
-def _human(size: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000:
-            break
-        size /= 1000
-    return f"{size:.3g} {unit}" if unit != "B" else f"{size:.0f} B"
 
 
 def _disk_usage(path: Path) -> int:
