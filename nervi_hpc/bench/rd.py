@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from .. import atomic
+from ..stages.evaluate.summary import Headline
 
 TARGET_CRS = (100, 300, 700, 1000)
 TICKS = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000)
@@ -35,10 +36,9 @@ class Point:
     decode_seconds: float | None
 
     @classmethod
-    def from_summary(cls, method: str, setting: str, kind: str, figures: Mapping[str, Any]) -> "Point":
-        return cls(method, setting, kind, figures["compression_ratio"], figures["psnr_db"]["mean"],
-                   figures["foreground_psnr_db"]["mean"], figures["ms_ssim"]["mean"],
-                   figures["timing"]["encode_seconds"], figures["timing"]["decode_seconds"])
+    def from_summary(cls, method: str, setting: str, kind: str, h: Headline) -> "Point":
+        return cls(method, setting, kind, h.compression_ratio, h.psnr, h.foreground_psnr, h.ms_ssim,
+                   h.encode_seconds, h.decode_seconds)
 
 
 def _curve(pairs: Sequence[tuple[float, float | None]]) -> list[tuple[float, float]]:

@@ -42,6 +42,7 @@ from ..config import DatasetSpec, TrainSpec, load_dataset
 from ..errors import ConfigError
 from ..model import checkpoint
 from ..schema import build, read_yaml, to_dict
+from ..stages.evaluate.summary import Headline
 from . import baselines, rd
 from .report import cell, markdown, near_cr, time_markdown
 from .spec import BaselineEntry, BenchSpec, NerviVariant, Task
@@ -141,10 +142,9 @@ class Bench:
                 continue
             self.say(f"{task.method} {task.setting} …")
             task.make(out)
-            figures = json.loads((out / "summary.json").read_text())
-            self.say(f"{task.method} {task.setting}: CR {figures['compression_ratio']:.1f}, "
-                     f"PSNR {cell(figures['psnr_db']['mean'])} dB "
-                     f"(foreground {cell(figures['foreground_psnr_db']['mean'])} dB)")
+            h = Headline.read(out / "summary.json")
+            self.say(f"{task.method} {task.setting}: CR {h.compression_ratio:.1f}, PSNR {cell(h.psnr)} dB "
+                     f"(foreground {cell(h.foreground_psnr)} dB)")
         self.report()
 
     def _store(self):
@@ -203,8 +203,7 @@ class Bench:
         for task in self.tasks():
             summary = self.result_dir(task.method, task.setting) / "summary.json"
             if summary.is_file():
-                points.append(rd.Point.from_summary(task.method, task.setting, task.kind,
-                                                    json.loads(summary.read_text())))
+                points.append(rd.Point.from_summary(task.method, task.setting, task.kind, Headline.read(summary)))
             else:
                 missing.append(task)
         return points, missing
@@ -258,11 +257,10 @@ class Bench:
             run = f"{point.method} {point.setting}"
             curve = []
             for summary in sorted(folder.glob("*/summary.json")):
-                figures = json.loads(summary.read_text())
+                h = Headline.read(summary)
                 when = json.loads((summary.parent / "snapshot.json").read_text())
                 curve.append(rd.TimePoint(run, when["minutes"], when["cpu_minutes"], when["epochs"],
-                                          figures["compression_ratio"], figures["psnr_db"]["mean"],
-                                          figures["foreground_psnr_db"]["mean"]))
+                                          h.compression_ratio, h.psnr, h.foreground_psnr))
             final = checkpoint.latest(self.run_dir(point.method, point.setting) / "checkpoints")
             if final is not None:  # the run's end: the archive the point itself measured
                 state, _ = checkpoint.load(final)

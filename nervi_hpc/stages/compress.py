@@ -61,8 +61,7 @@ class CompressResult:
         if self.evaluation is None:
             quality = "not evaluated"
         else:
-            psnr = self.evaluation.psnr
-            foreground = self.evaluation.figures["foreground_psnr_db"]["mean"]
+            psnr, foreground = self.evaluation.headline.psnr, self.evaluation.headline.foreground_psnr
             quality = (f"PSNR {'n/a' if psnr is None else f'{psnr:.2f} dB'}"
                        f" (foreground {'n/a' if foreground is None else f'{foreground:.2f} dB'})")
         return (f"{self.archive}: {self.bytes:,} bytes, CR {self.compression_ratio:.1f} "

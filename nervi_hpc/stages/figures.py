@@ -108,12 +108,11 @@ class CompressFigures(StageFigures):
     @classmethod
     def of(cls, result, run_dir: Path, sha256: str) -> "CompressFigures":
         """From stages.compress's CompressResult, the archive's checksum given."""
-        evaluation = result.evaluation.figures if result.evaluation else {}
+        quality = result.evaluation.headline if result.evaluation else None
         return cls(archive=str(result.archive.relative_to(run_dir)), bytes=result.bytes, sha256=sha256,
                    compression_ratio=result.compression_ratio, bits=result.bits, parameters=result.parameters,
-                   psnr=evaluation.get("psnr_db", {}).get("mean"),
-                   foreground_psnr=evaluation.get("foreground_psnr_db", {}).get("mean"),
-                   ms_ssim=evaluation.get("ms_ssim", {}).get("mean"))
+                   psnr=quality and quality.psnr, foreground_psnr=quality and quality.foreground_psnr,
+                   ms_ssim=quality and quality.ms_ssim)
 
     def line(self) -> str:
         psnr = "" if self.psnr is None else f"{self.psnr:.2f}"

@@ -27,6 +27,34 @@ SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
+class Headline:
+    """What most readers of a summary.json want (the CLI, compress, the run's record, the
+    bench), read in one place: each metric's mean over the images (None where undefined or,
+    for LPIPS, unavailable) and the times."""
+
+    compression_ratio: float
+    psnr: float | None
+    foreground_psnr: float | None
+    ms_ssim: float | None
+    lpips: float | None
+    encode_seconds: float | None
+    decode_seconds: float
+    images_per_second: float
+
+    @classmethod
+    def from_json(cls, figures: dict[str, Any]) -> "Headline":
+        timing = figures["timing"]
+        return cls(figures["compression_ratio"], figures["psnr_db"]["mean"], figures["foreground_psnr_db"]["mean"],
+                   figures["ms_ssim"]["mean"], figures["lpips"]["mean"] if figures["lpips"]["available"] else None,
+                   timing["encode_seconds"], timing["decode_seconds"], timing["images_per_second"])
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "Headline":
+        """The headline of the summary.json at `path`."""
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
 class EvalResult:
     """Where the evaluation was written and its summary.json content (`figures`)."""
 
@@ -34,17 +62,20 @@ class EvalResult:
     figures: dict[str, Any]
 
     @property
+    def headline(self) -> Headline:
+        return Headline.from_json(self.figures)
+
+    @property
     def psnr(self) -> float | None:
-        return self.figures["psnr_db"]["mean"]
+        return self.headline.psnr
 
     def summary(self) -> str:
-        f = self.figures
-        lpips = f"LPIPS {f['lpips']['mean']:.4f}" if f["lpips"]["available"] else "LPIPS unavailable"
-        return (f"PSNR {show(f['psnr_db']['mean'], '.2f')} dB (foreground "
-                f"{show(f['foreground_psnr_db']['mean'], '.2f')} dB), "
-                f"MS-SSIM {show(f['ms_ssim']['mean'], '.4f')}"
+        h, f = self.headline, self.figures
+        lpips = f"LPIPS {show(h.lpips, '.4f')}" if f["lpips"]["available"] else "LPIPS unavailable"
+        return (f"PSNR {show(h.psnr, '.2f')} dB (foreground {show(h.foreground_psnr, '.2f')} dB), "
+                f"MS-SSIM {show(h.ms_ssim, '.4f')}"
                 f"{'' if f['ms_ssim']['standard'] else ' (reduced scales)'}, {lpips}, decode "
-                f"{f['timing']['images_per_second']:.1f} img/s → {self.out_dir / 'summary.json'}")
+                f"{h.images_per_second:.1f} img/s → {self.out_dir / 'summary.json'}")
 
 
 def show(value: float | None, spec: str) -> str:
