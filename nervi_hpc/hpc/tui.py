@@ -16,7 +16,8 @@ from .. import progress
 from ..errors import RunError
 from ..paths import StoragePaths
 from ..units import human_duration
-from .status import RunView, all_runs, log_path, runs_table, snapshot, styled_state, tail
+from .results import log_path, tail
+from .status import RunView, all_runs, runs_table, snapshot, styled_state
 
 LOG_LINES = 12
 

@@ -22,7 +22,8 @@ from nervi_hpc.config import ClusterConfig, Profile, StageResources, load_cluste
 from nervi_hpc.errors import ArchiveError, ConfigError, RunError
 from nervi_hpc.hpc import lifecycle, manifest, resources
 from nervi_hpc.hpc.backends import local
-from nervi_hpc.hpc.status import fetch, snapshot
+from nervi_hpc.hpc.results import fetch
+from nervi_hpc.hpc.status import snapshot
 from nervi_hpc.paths import RunPaths, StoragePaths
 from nervi_hpc.stages.decode.decoder import Decoder
 

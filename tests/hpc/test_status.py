@@ -16,7 +16,8 @@ from nervi_hpc.hpc.backends.base import Verdict
 from nervi_hpc.hpc.backends.slurm import Slurm
 from nervi_hpc.hpc.manifest import Manifest, StageState
 from nervi_hpc.hpc.reconcile import apply_verdicts
-from nervi_hpc.hpc.status import fetch, snapshot, training_progress
+from nervi_hpc.hpc.results import fetch
+from nervi_hpc.hpc.status import snapshot, training_progress
 from nervi_hpc.paths import StoragePaths
 from nervi_hpc.stages.figures import IngestFigures, TrainFigures
 
