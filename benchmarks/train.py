@@ -32,6 +32,7 @@ import torch
 
 from nervi_hpc.config import DatasetSpec
 from nervi_hpc.data.sources import open_source
+from nervi_hpc.model import checkpoint
 from nervi_hpc.model.loss import loss_for
 from nervi_hpc.model.network import NeRVI, count_parameters
 from nervi_hpc.model.sizing import model_config
@@ -141,11 +142,11 @@ def finish_training(processes: list[subprocess.Popen], run: Path) -> dict:
     result = json.loads(outputs[0].strip().splitlines()[-1])
     records = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if "images_per_s" in r]
-    config = json.loads(sorted((run / "checkpoints").glob("step-*/config.json"))[-1].read_text())
-    result["batch_size"] = config["batch_size"]
+    _, config = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    result["batch_size"] = config.batch_size
     result["progress"] = [(r["time"], r["step"]) for r in epochs]  # (time, steps done) at each epoch's end
     if len(epochs) >= 2:
-        images = (epochs[-1]["step"] - epochs[0]["step"]) * config["batch_size"]
+        images = (epochs[-1]["step"] - epochs[0]["step"]) * config.batch_size
         result["steady_images_per_s"] = images / (epochs[-1]["time"] - epochs[0]["time"])
     else:
         result["steady_images_per_s"] = result["images_per_s"]

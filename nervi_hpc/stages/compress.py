@@ -26,7 +26,7 @@ from ..codec.quantize import quantize
 from ..data.store import RenderStore
 from ..errors import ConfigError, NerviError, StoreError
 from ..model import checkpoint
-from ..model.config import ModelConfig
+from ..model.checkpoint import CheckpointRecord
 from ..model.sizing import archive_bits
 from ..paths import RunPaths
 from ..progress import ProgressLog
@@ -87,14 +87,14 @@ def compress(run_dir: str | os.PathLike, *, bits: int | None = None, name: str |
         raise NerviError(f"{paths.checkpoints}: no complete checkpoint; train the run first")
     state, config = checkpoint.load(found)
     if bits is None:
-        bits = archive_bits(config.get("dataset", {}).get("model", {}))
+        bits = archive_bits(config.model_section)
     store = RenderStore.open(paths.store)
     meta = archive_meta(state, config, found.name, store, bits, _final_figures(paths.metrics, state["step"]))
     weights = state["model"]
     if prune is not None:
         weights = prune_weights(weights, prune)
         meta = dataclasses.replace(meta, training={**meta.training, "pruned": prune})
-    name = name or config.get("dataset", {}).get("name") or paths.root.name
+    name = name or config.name or paths.root.name
     if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
         raise ConfigError(f"archive name {name!r}: expected a plain file name (no path separators)")
     path = paths.archive_dir / f"{name}.nervi"
@@ -108,30 +108,30 @@ def compress(run_dir: str | os.PathLike, *, bits: int | None = None, name: str |
                           evaluation=evaluation)
 
 
-def archive_meta(state: dict, config: dict, checkpoint_name: str, store: RenderStore, bits: int,
+def archive_meta(state: dict, config: CheckpointRecord, checkpoint_name: str, store: RenderStore, bits: int,
                  final: dict[str, Any]) -> ArchiveMeta:
     """The archive metadata of checkpoint `checkpoint_name` (`state`, `config`) trained on
     `store`; `final` holds the loss and PSNR logged at the checkpoint's step."""
-    names = tuple(config["param_names"])
-    if names != store.param_names or (config["height"], config["width"]) != (store.height, store.width):
+    names = config.param_names
+    if names != store.param_names or (config.height, config.width) != (store.height, store.width):
         raise StoreError(f"{store.path}: holds {store.width}×{store.height} images of "
                          f"{', '.join(store.param_names)}, but the checkpoint was trained on "
-                         f"{config['width']}×{config['height']} images of {', '.join(names)}")
+                         f"{config.width}×{config.height} images of {', '.join(names)}")
     grids = store.grids
     parameters = tuple(Parameter(n, float(low), float(high), tuple(float(v) for v in grids[n]))
-                       for n, (low, high) in zip(names, config["ranges"]))
+                       for n, (low, high) in zip(names, config.ranges))
     params = store.params
     full_grid = (math.prod(len(p.grid) for p in parameters) == len(params)
                  and len(np.unique(params, axis=0)) == len(params))
     training = {
-        "dataset": config.get("dataset", {}).get("name"), "checkpoint": checkpoint_name,
-        "epochs": state.get("epoch"), "epochs_planned": config.get("dataset", {}).get("train", {}).get("epochs"),
+        "dataset": config.name, "checkpoint": checkpoint_name,
+        "epochs": state.get("epoch"), "epochs_planned": config.epochs_planned,
         "steps": state.get("step"), "seconds": finite_or_none(state.get("seconds")),
         "loss": finite_or_none(final.get("loss")), "psnr": finite_or_none(final.get("psnr")),
-        "stopped_early": config.get("stopped_early"),
+        "stopped_early": config.stopped_early,
     }
-    return ArchiveMeta(model=ModelConfig.from_dict(config["model"]), parameters=parameters,
-                       height=store.height, width=store.width, background=tuple(config["background"]),
+    return ArchiveMeta(model=config.model, parameters=parameters,
+                       height=store.height, width=store.width, background=config.background,
                        mode=store.mode, count=store.count, bits=bits, training=training,
                        points=None if full_grid else tuple(tuple(row) for row in params.tolist()),
                        source=store.source)

@@ -9,6 +9,7 @@ if it had not stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -187,10 +188,10 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     # compiled, the inductor fuses the elementwise work of the step (loss, compositing, activations)
     forward_pass = torch.compile(forward) if cfg.compile else forward
     total_steps = cfg.epochs * sampler.batches_per_epoch
-    config_record = {"dataset": to_dict(spec), "model": mcfg.to_dict(), "batch_size": batch_size,
-                     "world_size": env.world_size, "height": data.height, "width": data.width,
-                     "param_names": list(data.param_names), "ranges": data.ranges,
-                     "background": list(data.background)}
+    record = checkpoint.CheckpointRecord(
+        dataset=to_dict(spec), model=mcfg, batch_size=batch_size, world_size=env.world_size, height=data.height,
+        width=data.width, param_names=tuple(data.param_names), ranges=tuple(tuple(r) for r in data.ranges),
+        background=tuple(data.background))
 
     def save(stopped: bool, root: Path = paths.checkpoints, keep: int = cfg.keep_latest_k) -> Path | None:
         if not env.is_main:
@@ -199,7 +200,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
                  "epoch": epoch, "batch": start_batch, "seconds": trained_seconds,
                  "cpu_seconds": cpu_seconds(),
                  "cooldown": None if cooldown is None else [cooldown.start, cooldown.length]}
-        return checkpoint.save(root, step, state, {**config_record, "stopped_early": stopped}, keep)
+        return checkpoint.save(root, step, state, dataclasses.replace(record, stopped_early=stopped), keep)
 
     def snapshot() -> None:
         """Keep the weights as they are now, BatchNorm recalibrated as at the end of training."""

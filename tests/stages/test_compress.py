@@ -2,6 +2,7 @@
 metadata, the CR arithmetic and the one-line summary. `make_run` is shared with test_decode.py
 and test_evaluate.py."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def test_archive_meta_describes_the_collection_and_the_training(run, compressed)
     assert meta.ranges == [store.ranges[n] for n in meta.names]
     assert (meta.height, meta.width, meta.count, meta.bits) == (16, 16, 16, 9)
     assert meta.background == (255, 255, 255) and meta.mode == "ir" and meta.points is None
-    assert meta.model.to_dict() == config["model"]
+    assert meta.model == config.model
     logged = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()][-1]
     assert meta.training == {"dataset": "tiny", "checkpoint": checkpoint.latest(run / "checkpoints").name,
                              "epochs": 100, "epochs_planned": 100, "steps": 400, "seconds": state["seconds"],
@@ -102,7 +103,7 @@ def test_points_are_stored_when_the_training_set_is_not_a_full_grid(tmp_path, ru
     ingest(DiskScene(("t", "theta", "phi"), rows, (16, 16), "ir", (255, 255, 255), 0, "holes"),
            tmp_path / "holes.zarr", workers=1, progress=False)
     state, config = checkpoint.load(checkpoint.latest(run / "checkpoints"))
-    config = {**config, "ranges": [[0.0, 0.0], [30.0, 120.0], [0.0, 90.0]]}
+    config = dataclasses.replace(config, ranges=((0.0, 0.0), (30.0, 120.0), (0.0, 90.0)))
     meta = archive_meta(state, config, "step", RenderStore.open(tmp_path / "holes.zarr"), 9, {})
     assert meta.count == 3 and np.array_equal(meta.grid(), rows)
     assert ArchiveMeta.from_json(meta.to_json()).points == tuple(map(tuple, rows.tolist()))

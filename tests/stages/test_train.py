@@ -19,7 +19,8 @@ from nervi_hpc.model import checkpoint
 from nervi_hpc.schema import build
 from nervi_hpc.codec.quantize import archived_weights
 from nervi_hpc.stages.schedule import Cooldown, learning_rate, plateaued
-from nervi_hpc.stages.train import _ProgressBar, train
+from nervi_hpc.progress import TrainingBar
+from nervi_hpc.stages.train import train
 
 TINY_MODEL = {"c1": 8, "c2": 16, "min_channels": 8, "norm": "none"}
 
@@ -72,7 +73,7 @@ def test_a_plateau_is_a_small_gain_over_the_last_quarter_of_the_time():
 
 
 def test_the_progress_bar_follows_the_time_budget_when_it_ends_the_run_first():
-    bar = _ProgressBar(True, epochs=300, done=0)
+    bar = TrainingBar(True, epochs=300, done=0)
     try:
         bar.update(6, 300, 0.05, 21.5, 40.0, 90.0, 30.0, 120.0)  # 2 % of the epochs, 25 % of the budget
         task = bar.progress.tasks[0]
@@ -185,7 +186,7 @@ def test_training_writes_checkpoints_metrics_and_keeps_latest_k(tmp_path, make_s
     assert [p.name for p in steps] == ["step-000011", "step-000012"]
     assert result.steps == 12 and result.epochs == 3 and not result.stopped_early
     state, config = checkpoint.load(steps[-1])
-    assert state["step"] == 12 and state["epoch"] == 3 and config["model"]["c1"] == 8
+    assert state["step"] == 12 and state["epoch"] == 3 and config.model.c1 == 8
     records = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "loss" in r and "event" not in r] == [1, 2, 3]
     assert records[-1]["event"] == "done" and all(r["loss"] > 0 for r in records)
@@ -267,13 +268,12 @@ def decoded_psnr(run_dir) -> float:
     """PSNR of the latest checkpoint's composited output (eval mode) against the whole store."""
     from nervi_hpc.data.dataset import RenderDataset
     from nervi_hpc.model.compositing import composite
-    from nervi_hpc.model.config import ModelConfig
     from nervi_hpc.model.loss import psnr
     from nervi_hpc.model.network import NeRVI
 
     state, config = checkpoint.load(checkpoint.latest(Path(run_dir) / "checkpoints"))
     data = RenderDataset(Path(run_dir) / "renders.zarr")
-    net = NeRVI(ModelConfig.from_dict(config["model"]), data.height, data.width, len(data.param_names))
+    net = NeRVI(config.model, data.height, data.width, len(data.param_names))
     net.load_state_dict(state["model"])
     net.eval()
     images, _, inputs = data.__getitems__(list(range(data.count)))
