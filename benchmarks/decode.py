@@ -34,6 +34,7 @@ from nervi_hpc.model import checkpoint
 from nervi_hpc.model.loss import psnr
 from nervi_hpc.model.network import NeRVI, count_parameters
 from nervi_hpc.model.sizing import model_config
+from nervi_hpc.model.spec import ModelSpec
 from nervi_hpc.schema import build
 from nervi_hpc.stages.compress import archive_meta, compress
 from nervi_hpc.stages.decode.decoder import Decoder, build_model
@@ -50,7 +51,7 @@ def paper_grid_meta(size: int, model: dict) -> ArchiveMeta:
     theta, phi = tuple(float(v) for v in range(0, 172, 9)), tuple(float(v) for v in range(0, 352, 9))
     parameters = (Parameter("t", 0.0, 0.0, (0.0,)), Parameter("theta", 0.0, 171.0, theta),
                   Parameter("phi", 0.0, 351.0, phi))
-    return ArchiveMeta(model=model_config(model, size, size), parameters=parameters, height=size, width=size,
+    return ArchiveMeta(model=model_config(ModelSpec.parse(model), size, size), parameters=parameters, height=size, width=size,
                        background=(255, 255, 255), mode="ir", count=VIEWS, bits=9)
 
 

@@ -36,6 +36,7 @@ from nervi_hpc.model import checkpoint
 from nervi_hpc.model.loss import loss_for
 from nervi_hpc.model.network import NeRVI, count_parameters
 from nervi_hpc.model.sizing import model_config
+from nervi_hpc.model.spec import ModelSpec
 from nervi_hpc.schema import build
 from nervi_hpc.stages.compress import compress
 from nervi_hpc.stages.decode.decoder import Decoder
@@ -49,7 +50,7 @@ CR300 = {"c1": 16, "c2": 64, "min_channels": 4}
 
 def images_per_second(arch: str, size: int, model: dict, batch: int, steps: int, device: torch.device) -> tuple[float, int]:
     """Forward + loss + backward + Adam step on random data; warm-up steps are not timed."""
-    cfg = model_config({"preset": "paper" if arch == "nervi" else "nerv", **model}, size, size)
+    cfg = model_config(ModelSpec.parse({"preset": "paper" if arch == "nervi" else "nerv", **model}), size, size)
     net = NeRVI(cfg, size, size, 3).to(device)
     cuda = device.type == "cuda"
     if cuda:

@@ -32,6 +32,7 @@ from nervi_hpc.codec.header import ArchiveMeta, Parameter
 from nervi_hpc.codec.quantize import quantize
 from nervi_hpc.model.network import NeRVI, count_parameters
 from nervi_hpc.model.sizing import model_config
+from nervi_hpc.model.spec import ModelSpec
 from nervi_hpc.viewer import Viewer, serve_in_thread
 
 CR300_MODEL = {"preset": "paper", "c1": 16, "c2": 64, "min_channels": 4}
@@ -42,7 +43,7 @@ def untrained_archive(path: Path, size: int, model: dict) -> Path:
     """An archive file of an untrained model for the paper's 800 views of size²."""
     torch.manual_seed(0)
     theta, phi = tuple(float(v) for v in range(0, 172, 9)), tuple(float(v) for v in range(0, 352, 9))
-    meta = ArchiveMeta(model=model_config(model, size, size),
+    meta = ArchiveMeta(model=model_config(ModelSpec.parse(model), size, size),
                        parameters=(Parameter("t", 0.0, 0.0, (0.0,)), Parameter("theta", 0.0, 171.0, theta),
                                    Parameter("phi", 0.0, 351.0, phi)),
                        height=size, width=size, background=(255, 255, 255), mode="ir", count=800, bits=9)

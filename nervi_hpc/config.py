@@ -7,11 +7,11 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Literal, Union
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError
+from .model.spec import ModelSpec
 from .pipeline import STAGES
-from .model.config import DEFAULT_PRESET, PRESETS, ModelConfig
 from .schema import Grid, build, check, read_yaml
 
 
@@ -144,15 +144,15 @@ class TrainSpec:
 class DatasetSpec:
     """One dataset.yaml: what to compress and how.
 
-    `model` holds a preset name and architecture overrides; `load_dataset` checks its keys and
-    values (all but what depends on the image size, which the model's build checks).
+    `model` is the checked `model:` section (a preset, architecture overrides, sizing): all but
+    what depends on the image size, which the model's build checks.
     """
 
     name: str = field(metadata=check(lambda v: v and all(c.isalnum() or c in "-_." for c in v),
                                      "letters, digits, '-', '_' or '.'"))
     source: SourceSpec
     ingest: IngestSpec = IngestSpec()
-    model: dict[str, Any] = field(default_factory=dict)
+    model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
 
 
@@ -253,30 +253,10 @@ def _load(cls, path):
 def load_dataset(path: str | os.PathLike) -> DatasetSpec:
     """Load a dataset.yaml. Relative source paths are resolved against the file's folder."""
     spec = _load(DatasetSpec, path)
-    try:
-        check_model_section(spec.model)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
     source = spec.source
     if hasattr(source, "path") and not os.path.isabs(source.path):
         source = dataclasses.replace(source, path=str((Path(path).parent / source.path).resolve()))
     return dataclasses.replace(spec, source=source)
-
-
-def check_model_section(section: dict[str, Any]) -> None:
-    """ConfigError for a `model:` section with an unknown preset or key or a bad value (what
-    depends on the image size, such as stem and upscale factors, is checked when it is built)."""
-    from .model.sizing import SIZING_KEYS, archive_bits  # torch: only where a spec is loaded
-
-    name = section.get("preset", DEFAULT_PRESET)
-    if not isinstance(name, str) or name not in PRESETS:
-        raise ConfigError(f"model.preset: unknown preset {name!r} (presets: {', '.join(PRESETS)})")
-    overrides = {k: v for k, v in section.items() if k not in ("preset", *SIZING_KEYS)}
-    try:
-        archive_bits(section)
-        ModelConfig.from_dict({**PRESETS[name].to_dict(), **overrides})
-    except ModelError as e:
-        raise ConfigError(str(e)) from None
 
 
 def load_cluster(path: str | os.PathLike | None = None) -> ClusterConfig:

@@ -2,7 +2,8 @@
 into a frozen dataclass and checks each key against the fields (an unknown key names itself and
 lists the valid ones) and each value against the field's type and `check` (a bad value names
 the field and the value); `read_yaml` refuses what is malformed or an alias bomb; `to_dict` is
-the inverse of `build`. `Grid` is its one value type of its own: a parameter's values."""
+the inverse of `build`. A value type (`Grid`, a parameter's values; model.spec.ModelSpec, the
+`model:` section) is built by its own `parse(raw, where)` and written back by its `to_data()`."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, NerviError
 
 
 def check(predicate, message: str):
@@ -33,6 +34,9 @@ class Grid:
     (stop inclusive when it lies on the step)."""
 
     values: tuple[float, ...]
+
+    def to_data(self) -> list[float]:
+        return list(self.values)
 
     @classmethod
     def parse(cls, raw: Any, where: str) -> "Grid":
@@ -113,8 +117,11 @@ def _convert(tp, raw, where):
         if raw not in args:
             raise ConfigError(f"{where}: bad value {_show(raw)} (expected one of {', '.join(map(str, args))})")
         return raw
-    if tp is Grid:
-        return Grid.parse(raw, where)
+    if isinstance(tp, type) and hasattr(tp, "parse") and hasattr(tp, "to_data"):  # a value type
+        try:
+            return tp.parse(raw, where)
+        except NerviError as e:  # a value type's own error kind (ModelError) reads as the config's
+            raise ConfigError(str(e)) from None
     if dataclasses.is_dataclass(tp):
         return build(tp, raw, where)
     if origin is tuple:
@@ -241,8 +248,8 @@ def _expanded_size(value, sizes: dict[int, float | None]) -> float:
 
 def to_dict(obj) -> Any:
     """A config dataclass as plain YAML/JSON data (the inverse of `build`)."""
-    if isinstance(obj, Grid):
-        return list(obj.values)
+    if hasattr(obj, "to_data"):
+        return obj.to_data()
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):

@@ -39,8 +39,9 @@ import yaml
 
 from .. import atomic
 from ..config import DatasetSpec, TrainSpec, load_dataset
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..model import checkpoint
+from ..model.spec import ModelSpec
 from ..schema import build, read_yaml, to_dict
 from ..stages.evaluate.summary import Headline
 from . import baselines, rd
@@ -87,8 +88,9 @@ class Bench:
         if minutes is not None:
             train["max_minutes"] = minutes
         try:
-            return dataclasses.replace(self.dataset, model=model, train=build(TrainSpec, train, "train"))
-        except ConfigError as e:
+            return dataclasses.replace(self.dataset, model=ModelSpec.parse(model),
+                                       train=build(TrainSpec, train, "train"))
+        except (ConfigError, ModelError) as e:
             raise ConfigError(f"{self.spec_path}: nervi {variant.label}: {e}") from None
 
     def _codecs(self) -> list[tuple[str, baselines.Codec, tuple[float, ...], Any]]:

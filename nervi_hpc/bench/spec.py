@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError
-from ..model.sizing import archive_bits
+from ..model.spec import ModelSpec
 from ..schema import check
 
 
@@ -48,7 +48,7 @@ class NerviVariant:
     @property
     def own_bits(self) -> int:
         """The bits the run is sized and trained for (model.bits, default 9)."""
-        return archive_bits(self.model)
+        return ModelSpec.parse(self.model).archive_bits
 
     def archives(self) -> list[tuple[str, int, float | None]]:
         """(method, bits, prune fraction) of each archive written from a run's checkpoint (by

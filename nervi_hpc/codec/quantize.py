@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
+from ..model.spec import DEFAULT_BITS, MAX_BITS, MIN_BITS
 from ..units import bits_per_parameter
 
-MIN_BITS, MAX_BITS = 2, 16
-DEFAULT_BITS = 9
 
 
 @dataclass(frozen=True)

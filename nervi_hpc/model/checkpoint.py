@@ -19,6 +19,7 @@ import torch
 
 from .. import atomic
 from .config import ModelConfig
+from .spec import ModelSpec
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 DONE = "DONE"
@@ -48,9 +49,9 @@ class CheckpointRecord:
         return self.dataset.get("train", {}).get("epochs")
 
     @property
-    def model_section(self) -> dict[str, Any]:
+    def model_spec(self) -> ModelSpec:
         """The dataset.yaml's `model:` section (preset, overrides, target_cr, bits)."""
-        return self.dataset.get("model", {})
+        return ModelSpec.parse(self.dataset.get("model", {}))
 
     def to_json(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "model": self.model.to_dict(), "batch_size": self.batch_size,

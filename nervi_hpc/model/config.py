@@ -1,7 +1,8 @@
 """The model's configuration, torch-free: `ModelConfig` (every field bounded, so a config read
 from an untrusted archive builds in bounded time), the presets, and the upscale plan that fits a
-network to an image size. nervi_hpc.config checks a dataset's `model:` section with it at load
-time without importing torch; nervi_hpc.model.sizing sizes a config for a collection."""
+network to an image size. A dataset's `model:` section is a ModelSpec (model/spec.py), checked
+with it when the spec is loaded, without torch; nervi_hpc.model.sizing sizes a config for a
+collection."""
 
 from __future__ import annotations
 

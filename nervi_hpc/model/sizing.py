@@ -1,77 +1,51 @@
-"""A `model:` section made a `ModelConfig` for one collection: the preset, its overrides, the
-parameter grids, and `target_cr` sizing (the widths whose whole archive fits the ratio asked for)."""
+"""A `model:` section (a ModelSpec) made a `ModelConfig` for one collection: the preset, its
+overrides, the parameter grids, and `target_cr` sizing (the widths whose whole archive fits the
+ratio asked for)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ..codec.quantize import DEFAULT_BITS, MAX_BITS, MIN_BITS, channel_count
+from ..codec.quantize import channel_count
 from ..errors import ModelError
-from .config import DEFAULT_PRESET, PRESETS, ModelConfig, with_parameter_grids
+from .config import ModelConfig, with_parameter_grids
 from .network import NeRVI
+from .spec import ModelSpec
 
 def preset(name: str, height: int, width: int) -> ModelConfig:
     """A named configuration resolved for height × width: `paper` (exactly the paper), `nerv`
     or `grid` (the default: feature grids, periodic φ, soft compositing)."""
-    return model_config({"preset": name}, height, width)
+    return model_config(ModelSpec.parse({"preset": name}), height, width)
 
 
-DEFAULT_TARGET_CR = 300.0
 SIZED_MIN_CHANNELS = 4
-SIZING_KEYS = ("target_cr", "bits")  # keys of the `model:` section that are not ModelConfig fields
 
 
-def model_config(section: dict[str, Any], height: int, width: int, *, count: int | None = None,
+def model_config(spec: ModelSpec, height: int, width: int, *, count: int | None = None,
                  num_params: int = 3, grids: Mapping[str, Sequence[float]] | None = None) -> ModelConfig:
     """The `model:` section of dataset.yaml, resolved for `count` images of height × width.
 
-    `preset` (default DEFAULT_PRESET, `grid`) names the base; any other ModelConfig key overrides
-    that field. `target_cr` sizes the widths instead: the largest c2 (with c1 = c2·c1_share and
-    at least SIZED_MIN_CHANNELS channels per block) whose archive at `bits` bits per weight
-    (archive_bits: default 9) fits count·H·W·3 / target_cr bytes. A section that names neither a
-    preset nor c1/c2 is sized for DEFAULT_TARGET_CR, so a collection gets a model in proportion
-    to it; `preset: paper` alone is exactly the paper.
-    `grids` (each parameter's sampled values, in input order) fills in `periods` and `grid_size`.
+    The preset with its overrides; when the spec is sized for a compression ratio
+    (`ModelSpec.sized_for_cr`), the largest c2 (with c1 = c2·c1_share and at least
+    SIZED_MIN_CHANNELS channels per block) whose archive at the spec's bits per weight fits
+    count·H·W·3 / target_cr bytes. `grids` (each parameter's sampled values, in input order)
+    fills in `periods` and `grid_size`.
     """
-    valid = ["preset", *SIZING_KEYS] + [f.name for f in dataclasses.fields(ModelConfig)]
-    for key in section:
-        if key not in valid:
-            raise ModelError(f"model.{key}: unknown key {key!r} (valid: {', '.join(valid)})")
-    name = section.get("preset", DEFAULT_PRESET)
-    if not isinstance(name, str) or name not in PRESETS:
-        raise ModelError(f"model.preset: unknown preset {name!r} (presets: {', '.join(PRESETS)})")
-    bits = archive_bits(section)
-    overrides = {k: v for k, v in section.items() if k not in ("preset", *SIZING_KEYS)}
-    config = ModelConfig.from_dict({**PRESETS[name].to_dict(), **overrides}).resolved(height, width)
+    config = spec.base.resolved(height, width)
     if grids is not None:
         config = with_parameter_grids(config, grids)
         num_params = len(grids)
-    target = section.get("target_cr")
-    if target is None and not {"preset", "c1", "c2"} & section.keys():
-        target = DEFAULT_TARGET_CR
+    target = spec.sized_for_cr
     if target is None:
         return config
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 1:
-        raise ModelError(f"model.target_cr: bad value {target!r} (expected a number > 1)")
-    if {"c1", "c2"} & section.keys():
-        raise ModelError("model: give either target_cr or c1/c2, not both")
     if count is None:
         raise ModelError("model.target_cr: the image count is needed to size the model")
-    return sized_for(config, height, width, num_params, count=count, target_cr=target, bits=bits)
-
-
-def archive_bits(section: dict[str, Any]) -> int:
-    """The quantization bits per weight of the `model:` section (`bits`, default DEFAULT_BITS):
-    what `target_cr` sizes for, quantization-aware training trains for and compress writes."""
-    bits = section.get("bits", DEFAULT_BITS)
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ModelError(f"model.bits: bad value {bits!r} (expected an integer in {MIN_BITS}..{MAX_BITS})")
-    return bits
+    return sized_for(config, height, width, num_params, count=count, target_cr=target, bits=spec.archive_bits)
 
 
 def sized_for(config: ModelConfig, height: int, width: int, num_params: int, count: int,

@@ -27,7 +27,6 @@ from ..data.store import RenderStore
 from ..errors import ConfigError, NerviError, StoreError
 from ..model import checkpoint
 from ..model.checkpoint import CheckpointRecord
-from ..model.sizing import archive_bits
 from ..paths import RunPaths
 from ..progress import ProgressLog
 from .evaluate.measure import evaluate as evaluate_archive
@@ -87,7 +86,7 @@ def compress(run_dir: str | os.PathLike, *, bits: int | None = None, name: str |
         raise NerviError(f"{paths.checkpoints}: no complete checkpoint; train the run first")
     state, config = checkpoint.load(found)
     if bits is None:
-        bits = archive_bits(config.model_section)
+        bits = config.model_spec.archive_bits
     store = RenderStore.open(paths.store)
     meta = archive_meta(state, config, found.name, store, bits, _final_figures(paths.metrics, state["step"]))
     weights = state["model"]

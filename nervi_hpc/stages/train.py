@@ -27,7 +27,7 @@ from ..model import checkpoint
 from ..model.compositing import composite
 from ..model.loss import loss_for, psnr
 from ..model.network import NeRVI, count_parameters
-from ..model.sizing import archive_bits, model_config
+from ..model.sizing import model_config
 from ..paths import RunPaths
 from ..progress import ProgressLog, TrainingBar
 from ..schema import to_dict
@@ -133,7 +133,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     env = setup_distributed()
     data = RenderDataset(paths.store)
     mcfg = model_config(spec.model, data.height, data.width, count=data.count, grids=data.grids)
-    bits = archive_bits(spec.model)
+    bits = spec.model.archive_bits
     batch_size = cfg.batch_size or default_batch_size(data.count, env.world_size)
     sampler = ShardAwareSampler(data.count, data.shard_size, batch_size, env.rank, env.world_size, cfg.seed)
     if fits_resident(data.count, data.height, data.width, env.device, cfg.resident_share):

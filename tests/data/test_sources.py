@@ -318,11 +318,11 @@ def test_write_cinema_round_trip_is_bit_exact(tmp_path, alpha):
 def test_write_cinema_replaces_an_existing_database_and_shows_progress(tmp_path, capsys):
     out = tmp_path / "out.cdb"
     write_cinema(array_source([[0, 0, 0], [1, 0, 0]], seed=1), out, progress=False)
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
     (out / "stale.txt").write_text("left from before")
     source = array_source([[5, 0, 0]], seed=2)
     write_cinema(source, out)
-    shown = capsys.readouterr().out
+    shown = capsys.readouterr().err  # on stderr, as every progress bar (progress.progress_bar)
     assert "writing out.cdb" in shown and "1/1" in shown
     assert sorted(p.name for p in out.iterdir()) == ["data.csv", "t5_theta0_phi0.png"]
     np.testing.assert_array_equal(CinemaDatabase.open(out).read([0])[0], source.rgb)

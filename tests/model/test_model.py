@@ -12,6 +12,7 @@ from nervi_hpc.model.config import MAX_FACTOR, MAX_STEM_CELLS, ModelConfig, plan
 from nervi_hpc.model.layers import GeluLayer, PositionalEncoding, SineLayer
 from nervi_hpc.model.network import NeRVI, count_parameters
 from nervi_hpc.model.sizing import model_config, preset
+from nervi_hpc.model.spec import ModelSpec
 
 TINY = ModelConfig(c1=8, c2=16, min_channels=4)
 
@@ -190,17 +191,17 @@ def test_config_round_trip_through_json():
 
 
 def test_model_section_is_a_preset_with_overrides():
-    assert model_config({"preset": "paper"}, 256, 256) == preset("paper", 256, 256)
-    config = model_config({"preset": "nerv", "c1": 8, "upscale": [2, 2]}, 64, 64)
+    assert model_config(ModelSpec.parse({"preset": "paper"}), 256, 256) == preset("paper", 256, 256)
+    config = model_config(ModelSpec.parse({"preset": "nerv", "c1": 8, "upscale": [2, 2]}), 64, 64)
     assert (config.arch, config.c1, config.c2, config.stem, config.upscale) == ("nerv", 8, 1024, (16, 16), (2, 2))
     with pytest.raises(ModelError, match=r"model.widths: unknown key 'widths' \(valid: preset, target_cr, bits, arch"):
-        model_config({"widths": [8]}, 64, 64)
+        model_config(ModelSpec.parse({"widths": [8]}), 64, 64)
     with pytest.raises(ModelError, match="model.preset: unknown preset 'huge'"):
-        model_config({"preset": "huge"}, 64, 64)
+        model_config(ModelSpec.parse({"preset": "huge"}), 64, 64)
     with pytest.raises(ModelError, match="model.norm: bad value 'layer'"):
-        model_config({"norm": "layer"}, 64, 64)
+        model_config(ModelSpec.parse({"norm": "layer"}), 64, 64)
     with pytest.raises(ModelError, match=r"model.bits: bad value 17 \(expected an integer in 2..16\)"):
-        model_config({"bits": 17}, 64, 64)
+        model_config(ModelSpec.parse({"bits": 17}), 64, 64)
 
 
 def test_from_dict_rejects_unknown_keys_and_bad_values():
@@ -279,21 +280,21 @@ def test_target_cr_sizes_the_model_for_the_collection(name):
 
     raw = 800 * 256 * 256 * 3
     for target in (100, 300, 1000):
-        config = model_config({"preset": name, "target_cr": target}, 256, 256, count=800, grids=VIEWS)
+        config = model_config(ModelSpec.parse({"preset": name, "target_cr": target}), 256, 256, count=800, grids=VIEWS)
         cr = raw / (params(config) * 9 / 8)  # the weights alone: the archive adds its tables
         assert target <= cr < 1.6 * target, (target, cr, config.c2)
         assert config.c1 == max(8, round(config.c2 / 4)) and min(config.channels(5)) >= 4
-    assert model_config({}, 256, 256, count=800, grids=VIEWS) == model_config(
-        {"preset": "grid", "target_cr": 300}, 256, 256, count=800, grids=VIEWS)
-    fewer_bits = model_config({"preset": name, "target_cr": 300, "bits": 6}, 256, 256, count=800, grids=VIEWS)
-    nine = model_config({"preset": name, "target_cr": 300}, 256, 256, count=800, grids=VIEWS)
+    assert model_config(ModelSpec.parse({}), 256, 256, count=800, grids=VIEWS) == model_config(
+        ModelSpec.parse({"preset": "grid", "target_cr": 300}), 256, 256, count=800, grids=VIEWS)
+    fewer_bits = model_config(ModelSpec.parse({"preset": name, "target_cr": 300, "bits": 6}), 256, 256, count=800, grids=VIEWS)
+    nine = model_config(ModelSpec.parse({"preset": name, "target_cr": 300}), 256, 256, count=800, grids=VIEWS)
     assert 1.3 < params(fewer_bits) / params(nine) < 1.6  # the same bytes hold more 6-bit weights
     with pytest.raises(ModelError, match="either target_cr or c1/c2"):
-        model_config({"target_cr": 300, "c2": 64}, 256, 256, count=800)
+        model_config(ModelSpec.parse({"target_cr": 300, "c2": 64}), 256, 256, count=800)
     with pytest.raises(ModelError, match=r"target_cr \d+ or lower fits"):
-        model_config({"preset": "paper", "target_cr": 1e6}, 256, 256, count=800)
+        model_config(ModelSpec.parse({"preset": "paper", "target_cr": 1e6}), 256, 256, count=800)
     with pytest.raises(ModelError, match="image count is needed"):
-        model_config({"preset": "paper", "target_cr": 300}, 256, 256)
+        model_config(ModelSpec.parse({"preset": "paper", "target_cr": 300}), 256, 256)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,15 +304,15 @@ GRIDS = {"t": [0.0, 1.0, 2.0], "theta": [0.0, 90.0, 180.0], "phi": [0.0, 90.0, 1
 
 
 def test_parameter_grids_fill_in_periods_and_grid_sizes():
-    config = model_config({"preset": "grid", "c1": 8, "c2": 16}, 64, 64, grids=GRIDS)
+    config = model_config(ModelSpec.parse({"preset": "grid", "c1": 8, "c2": 16}), 64, 64, grids=GRIDS)
     # φ sampled every 90° over 0..270: 4 nodes around the circle, period 360° = 2·360/270 units
     assert config.grid_size == (3, 3, 4) and config.periods == (0.0, 0.0, pytest.approx(2 * 360 / 270))
     with pytest.raises(ModelError, match="full period"):
-        model_config({"preset": "grid", "c1": 8, "c2": 16}, 64, 64, grids={**GRIDS, "phi": [0.0, 360.0]})
+        model_config(ModelSpec.parse({"preset": "grid", "c1": 8, "c2": 16}), 64, 64, grids={**GRIDS, "phi": [0.0, 360.0]})
     with pytest.raises(ModelError, match="no known period"):
-        model_config({"preset": "grid", "c1": 8, "c2": 16, "periodic": ["theta", "phi"]}, 64, 64, grids=GRIDS)
+        model_config(ModelSpec.parse({"preset": "grid", "c1": 8, "c2": 16, "periodic": ["theta", "phi"]}), 64, 64, grids=GRIDS)
     with pytest.raises(ModelError, match="grid_size"):
-        build(model_config({"preset": "grid", "c1": 8, "c2": 16}, 64, 64), 64, 64, 3)
+        build(model_config(ModelSpec.parse({"preset": "grid", "c1": 8, "c2": 16}), 64, 64), 64, 64, 3)
 
 
 def test_feature_grid_interpolates_between_nodes_and_wraps_around_periodic_inputs():
@@ -336,7 +337,7 @@ def test_periodic_positional_encoding_is_the_same_one_period_apart():
 
 
 def test_default_preset_model_tells_every_view_apart_and_builds_on_meta():
-    config = model_config({"c1": 8, "c2": 16}, 32, 32, grids=GRIDS)
+    config = model_config(ModelSpec.parse({"c1": 8, "c2": 16}), 32, 32, grids=GRIDS)
     assert config.grid_features > 0 and config.composite == "soft"
     model = build(config, 32, 32, 3).eval()
     x = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1 / 3]])
@@ -357,7 +358,7 @@ def test_soft_composite_blends_by_a_ramp_of_the_mask():
 
 def test_bilinear_blocks_upsample_without_pixelshuffle_and_keep_channels_at_full_size():
     grids = {"t": [0.0], "theta": [0.0, 90.0], "phi": [0.0, 90.0, 180.0, 270.0]}
-    config = model_config({"preset": "hinervi", "c1": 16, "c2": 24}, 64, 64, grids=grids)
+    config = model_config(ModelSpec.parse({"preset": "hinervi", "c1": 16, "c2": 24}), 64, 64, grids=grids)
     assert config.block == "bilinear" and config.stem == (4, 4) and config.upscale == (2, 2, 2, 2)
     model = NeRVI(config, 64, 64, 3)
     assert not any(isinstance(m, torch.nn.PixelShuffle) for m in model.modules())
@@ -376,7 +377,7 @@ def test_fine_upscale_plans_keep_one_block_per_octave():
 
 def test_a_bilinear_model_sized_for_a_target_cr_fits_its_budget():
     grids = {"t": [0.0], "theta": [0.0, 90.0], "phi": [0.0, 90.0, 180.0, 270.0]}
-    config = model_config({"preset": "hinervi", "target_cr": 50}, 64, 64, count=200, grids=grids)
+    config = model_config(ModelSpec.parse({"preset": "hinervi", "target_cr": 50}), 64, 64, count=200, grids=grids)
     budget = 200 * 64 * 64 * 3 / 50 * 8 / 9
     size = count_parameters(NeRVI(config, 64, 64, 3))
     assert size <= budget and config.c1 == max(8, round(config.c2 / 2))
@@ -384,7 +385,7 @@ def test_a_bilinear_model_sized_for_a_target_cr_fits_its_budget():
 
 def test_latent_maps_give_each_view_its_own_start_grid():
     grids = {"t": [0.0], "theta": [0.0, 90.0], "phi": [0.0, 90.0, 180.0, 270.0]}
-    config = model_config({"preset": "hinervi", "c1": 16, "c2": 24, "latent_features": 2}, 64, 64, grids=grids)
+    config = model_config(ModelSpec.parse({"preset": "hinervi", "c1": 16, "c2": 24, "latent_features": 2}), 64, 64, grids=grids)
     model = NeRVI(config, 64, 64, 3)
     assert model.latents.out_features == config.grid_levels * 2 * 4 * 4
     assert model.upscale[0][1].in_channels == 16 + config.grid_levels * 2
