@@ -1,4 +1,5 @@
-"""The pipeline's stages as the job layer sees them, in order: one `Stage` record each, with what
+"""The pipeline's stages as the job layer sees them, in order (ingest: source → renders.zarr; train:
+→ checkpoints; compress: → archive and evaluation): one `Stage` record each, with what
 its job asks of a cluster profile by default, how it runs on more than one task, the type of the
 figures it reports, and its progress line. The job layer (hpc/: resources, backends, jobs, status,
 manifest) reads this registry instead of naming stages; the stages' code is in stages/.
@@ -15,7 +16,6 @@ from .stages.figures import CompressFigures, IngestFigures, StageFigures, TrainF
 @dataclass(frozen=True)
 class Stage:
     name: str
-    about: str
     figures: type[StageFigures]
     # What the job asks for unless the profile's `stages.<name>` says otherwise: the profile's
     # nodes and tasks ("profile"), or one task on one node ("one"); and at most this many GPUs per
@@ -30,11 +30,11 @@ class Stage:
 
 
 PIPELINE: tuple[Stage, ...] = (
-    Stage("ingest", "source → renders.zarr", IngestFigures, tasks="one", max_gpus=0, parallel="mpi",
+    Stage("ingest", IngestFigures, tasks="one", max_gpus=0, parallel="mpi",
           progress_line=lambda now: f"{now['images']}/{now['total']} images written"),
-    Stage("train", "renders.zarr → checkpoints", TrainFigures, tasks="profile", max_gpus=None, parallel="ddp",
+    Stage("train", TrainFigures, tasks="profile", max_gpus=None, parallel="ddp",
           progress_line=None),
-    Stage("compress", "checkpoint → archive, evaluation", CompressFigures, tasks="one", max_gpus=1, parallel=None,
+    Stage("compress", CompressFigures, tasks="one", max_gpus=1, parallel=None,
           progress_line=lambda now: f"{now.get('step', 'compress')}: {now['images']}/{now['total']} images"),
 )
 STAGES: tuple[str, ...] = tuple(stage.name for stage in PIPELINE)

@@ -108,19 +108,18 @@ class CompressFigures(StageFigures):
     @classmethod
     def of(cls, result, run_dir: Path, sha256: str) -> "CompressFigures":
         """From stages.compress's CompressResult, the archive's checksum given."""
-        quality = result.evaluation.headline if result.evaluation else None
-        return cls(archive=str(result.archive.relative_to(run_dir)), bytes=result.bytes, sha256=sha256,
-                   compression_ratio=result.compression_ratio, bits=result.bits, parameters=result.parameters,
-                   psnr=quality and quality.psnr, foreground_psnr=quality and quality.foreground_psnr,
-                   ms_ssim=quality and quality.ms_ssim)
+        archive = cls(archive=str(result.archive.relative_to(run_dir)), bytes=result.bytes, sha256=sha256,
+                      compression_ratio=result.compression_ratio, bits=result.bits, parameters=result.parameters)
+        if result.evaluation is None:
+            return archive
+        quality = result.evaluation.headline
+        return dataclasses.replace(archive, psnr=quality.psnr, foreground_psnr=quality.foreground_psnr,
+                                   ms_ssim=quality.ms_ssim)
 
     def line(self) -> str:
         psnr = "" if self.psnr is None else f"{self.psnr:.2f}"
         cr = "?" if self.compression_ratio is None else f"{self.compression_ratio:.1f}"
         return f"{human_bytes(self.bytes or 0)}, CR {cr}, PSNR {psnr} dB → {self.archive}"
-
-
-FIGURES: dict[str, type[StageFigures]] = {kind.stage: kind for kind in (IngestFigures, TrainFigures, CompressFigures)}
 
 
 # ----------------------------------------------------------------------------------------------
