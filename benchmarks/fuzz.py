@@ -200,9 +200,7 @@ def fit_codec(header: dict, shapes: dict[str, tuple[int, ...]], symbol: int = 0,
     count = sum(int(np.prod(s)) for s in shapes.values())
     table, payload = one_symbol_payload(count, symbol)
     header["codec"].update(symbols=count, code_table=table, tensors=[
-        {"name": name, "shape": list(shape), "dtype": "float32",
-         "min": b64_floats([low] * (shape[0] if len(shape) >= 2 else 1)),
-         "scale": b64_floats([step] * (shape[0] if len(shape) >= 2 else 1))}
+        {"name": name, "shape": list(shape), "dtype": "float32", "min": b64_floats([low]), "scale": b64_floats([step])}
         for name, shape in shapes.items()])
     return payload
 

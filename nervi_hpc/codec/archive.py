@@ -8,13 +8,15 @@ Layout (integers little-endian):
     header       UTF-8 JSON {"meta": the caller's JSON object, "codec": what decoding needs}
     payload      one Huffman stream (huffman.py) of every tensor's symbols, in header order
 
-One stream with one code table: per-channel min/scale already map every tensor onto the same
+One stream with one code table: each tensor's min/scale already maps it onto the same
 0..2^b − 1 range, so per-tensor tables would buy little and cost a table each, and a single
 stream decodes in one vectorised pass. The header's checksum sits in the fixed prefix (it cannot
 sit inside the header) and the payload's sha256 in the header, so any changed byte is detected.
 
 The codec header holds, per tensor, name, shape, dtype and its float32 min/scale as base64 of
-little-endian float32 (exact); then the code table, symbol count, payload size and sha256.
+little-endian float32 (exact): one pair per tensor in format 2, one per output channel (dim 0 of
+a tensor of ≥ 2 dims) in format 1, which this build still reads; then the code table, symbol
+count, payload size and sha256.
 Reading treats the file as untrusted: no pickle or eval, every length is checked against the
 file size before anything is allocated, and every problem is an ArchiveError naming the file.
 The header alone bounds the payload's work: the code table has no more entries than there are
@@ -44,10 +46,11 @@ from ..atomic import write_bytes
 from ..errors import ArchiveError
 from ..units import bits_per_parameter
 from . import huffman
-from .quantize import MAX_BITS, MIN_BITS, QuantizedModel, QuantizedTensor, channel_count, dequantize
+from .quantize import MAX_BITS, MIN_BITS, QuantizedModel, QuantizedTensor, dequantize
 
 MAGIC = b"NERVI\0\r\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PREFIX = struct.Struct("<8sHQ32s")
 MAX_HEADER_BYTES = 64 << 20
 MAX_RANK = 8
@@ -121,8 +124,7 @@ def read_header(path: str | os.PathLike) -> dict:
     """The validated JSON header {"meta": ..., "codec": ...}, without reading the payload."""
     with _naming(path):
         with open(path, "rb") as f:
-            header, _ = _read_header(f, os.fstat(f.fileno()).st_size)
-        return header
+            return _read_header(f, os.fstat(f.fileno()).st_size)[0]
 
 
 def read_archive(path: str | os.PathLike, check: Callable[[dict], object] | None = None
@@ -135,7 +137,7 @@ def read_archive(path: str | os.PathLike, check: Callable[[dict], object] | None
     with _naming(path):
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            header, header_bytes = _read_header(f, size)
+            header, header_bytes, version = _read_header(f, size)
             if check is not None:
                 check(header)
             codec = header["codec"]
@@ -146,8 +148,8 @@ def read_archive(path: str | os.PathLike, check: Callable[[dict], object] | None
             raise ArchiveError("payload checksum mismatch (corrupt file)")
         table = huffman.CodeTable.from_json(codec["code_table"])
         symbols = huffman.decode(payload, table, codec["symbols"])
-        q = _quantized_model(codec, symbols)
-        info = ArchiveInfo(path=Path(path), version=FORMAT_VERSION, file_bytes=size, header_bytes=header_bytes,
+        q = _quantized_model(codec, symbols, version)
+        info = ArchiveInfo(path=Path(path), version=version, file_bytes=size, header_bytes=header_bytes,
                            payload_bytes=len(payload), bits=q.bits, parameter_count=q.parameter_count,
                            dropped=q.dropped)
         return header["meta"], dequantize(q), info
@@ -164,16 +166,17 @@ def _naming(path):
         raise ArchiveError(f"{path}: cannot read the archive ({e.strerror or e})") from None
 
 
-def _read_header(f, size: int) -> tuple[dict, int]:
-    """Parse and validate the prefix and header; returns (header, header length)."""
+def _read_header(f, size: int) -> tuple[dict, int, int]:
+    """Parse and validate the prefix and header; returns (header, header length, format version)."""
     prefix = f.read(PREFIX.size)
     if prefix[:len(MAGIC)] != MAGIC[:len(prefix)]:
         raise ArchiveError("not a .nervi archive (bad magic bytes)")
     if len(prefix) < PREFIX.size:
         raise ArchiveError(f"truncated: {size} bytes, shorter than the {PREFIX.size}-byte prefix")
     _, version, header_len, header_sha = PREFIX.unpack(prefix)
-    if version != FORMAT_VERSION:
-        raise ArchiveError(f"unsupported format version {version} (this build reads version {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise ArchiveError(f"unsupported format version {version} (this build reads versions "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade nervi-hpc")
     if header_len > MAX_HEADER_BYTES:
         raise ArchiveError(f"header length {header_len} exceeds the {MAX_HEADER_BYTES >> 20} MiB limit")
     if header_len > size - PREFIX.size:
@@ -182,14 +185,14 @@ def _read_header(f, size: int) -> tuple[dict, int]:
     if hashlib.sha256(raw).digest() != header_sha:
         raise ArchiveError("header checksum mismatch (corrupt file)")
     header = _parse_json(raw)
-    _check_header(header)
+    _check_header(header, version)
     payload_size = size - PREFIX.size - header_len
     declared = header["codec"]["payload_bytes"]
     if payload_size < declared:
         raise ArchiveError(f"truncated: payload is {payload_size} bytes, the header says {declared}")
     if payload_size > declared:
         raise ArchiveError(f"{payload_size - declared} unexpected bytes after the payload")
-    return header, header_len
+    return header, header_len, version
 
 
 def _parse_json(raw: bytes):
@@ -208,7 +211,12 @@ def _is_int(value) -> bool:
     return type(value) is int
 
 
-def _check_header(header) -> None:
+def range_rows(shape: tuple[int, ...], version: int) -> int:
+    """How many (min, scale) pairs a tensor of `shape` has in an archive of format `version`."""
+    return shape[0] if version == 1 and len(shape) >= 2 else 1
+
+
+def _check_header(header, version: int) -> None:
     """Types, ranges and cross-field consistency of the header (not the payload's content)."""
     if not isinstance(header, dict) or set(header) != {"meta", "codec"}:
         raise ArchiveError("header must be an object with exactly 'meta' and 'codec'")
@@ -239,7 +247,7 @@ def _check_header(header) -> None:
         raise ArchiveError("codec 'tensors' must be a list")
     names, total = set(), 0
     for entry in tensors:
-        name, numel = _check_tensor_entry(entry, (1 << bits) - 1)
+        name, numel = _check_tensor_entry(entry, (1 << bits) - 1, version)
         if name in names:
             raise ArchiveError(f"tensor {name!r} appears twice")
         names.add(name)
@@ -248,7 +256,7 @@ def _check_header(header) -> None:
         raise ArchiveError(f"tensors hold {total} elements but the header declares {codec['symbols']} symbols")
 
 
-def _check_tensor_entry(entry, levels: int) -> tuple[str, int]:
+def _check_tensor_entry(entry, levels: int, version: int) -> tuple[str, int]:
     if not isinstance(entry, dict) or set(entry) != TENSOR_KEYS:
         raise ArchiveError(f"each tensor entry must be an object with the keys {sorted(TENSOR_KEYS)}")
     name, shape = entry["name"], entry["shape"]
@@ -259,9 +267,9 @@ def _check_tensor_entry(entry, levels: int) -> tuple[str, int]:
         raise ArchiveError(f"tensor {name!r}: shape must be a list of at most {MAX_RANK} non-negative integers")
     if entry["dtype"] not in DTYPES:
         raise ArchiveError(f"tensor {name!r}: dtype must be one of {', '.join(DTYPES)}")
-    channels = channel_count(tuple(shape))
-    minimum = _floats_from_b64(entry["min"], channels, name, "min")
-    scale = _floats_from_b64(entry["scale"], channels, name, "scale")
+    rows = range_rows(tuple(shape), version)
+    minimum = _floats_from_b64(entry["min"], rows, name, "min")
+    scale = _floats_from_b64(entry["scale"], rows, name, "scale")
     if not (np.isfinite(minimum).all() and np.isfinite(scale).all() and (scale >= 0).all()):
         raise ArchiveError(f"tensor {name!r}: min/scale must be finite and scale non-negative")
     with np.errstate(over="ignore"):  # dequantization's own float32 arithmetic, for its top symbol
@@ -283,17 +291,17 @@ def _floats_from_b64(text, count: int, name: str, field: str) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f4").astype(np.float32)
 
 
-def _quantized_model(codec: dict, symbols: np.ndarray) -> QuantizedModel:
+def _quantized_model(codec: dict, symbols: np.ndarray, version: int) -> QuantizedModel:
     """Rebuild the QuantizedModel from a validated codec header and the decoded symbols."""
     tensors, offset = {}, 0
     for entry in codec["tensors"]:
         shape = tuple(entry["shape"])
-        channels = channel_count(shape)
+        rows = range_rows(shape, version)
         numel = math.prod(shape)
         tensors[entry["name"]] = QuantizedTensor(
             shape=shape, dtype=entry["dtype"],
-            minimum=_floats_from_b64(entry["min"], channels, entry["name"], "min"),
-            scale=_floats_from_b64(entry["scale"], channels, entry["name"], "scale"),
+            minimum=_floats_from_b64(entry["min"], rows, entry["name"], "min"),
+            scale=_floats_from_b64(entry["scale"], rows, entry["name"], "scale"),
             symbols=symbols[offset:offset + numel])
         offset += numel
     return QuantizedModel(bits=codec["bits"], tensors=tensors, dropped=tuple(codec["dropped"]))

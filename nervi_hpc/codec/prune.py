@@ -2,8 +2,8 @@
 fraction `amount` of all weight entries with the smallest magnitude, pooled over every weight
 tensor of the model, is set to zero. Biases and normalisation parameters (1-D tensors) are kept.
 
-Quantization then maps each zero to the symbol nearest 0 of its channel (error ≤ scale/2, as for
-any weight), so pruning pays off through the entropy coder: one symbol per channel becomes very
+Quantization then maps each zero to the symbol nearest 0 of its tensor (error ≤ scale/2, as for
+any weight), so pruning pays off through the entropy coder: one symbol per tensor becomes very
 frequent and Huffman gives it a short code.
 """
 

@@ -1,8 +1,12 @@
 """Post-training quantization of a state dict (the paper's eq. 3).
 
 Each floating-point tensor becomes integer symbols μ = round((w − min) / scale), clamped to
-[0, 2^b − 1], with scale = (max − min) / (2^b − 1); it dequantises as min + μ·scale. Tensors with
-≥ 2 dims get one (min, scale) pair per output channel (dim 0), all others one per tensor. Min and
+[0, 2^b − 1], with scale = (max − min) / (2^b − 1); it dequantises as min + μ·scale. Each tensor
+gets one (min, scale) pair. Why not one per output channel: with the symbols
+entropy-coded, a narrow channel's symbols cluster and cost fewer bits anyway, while a pair per
+channel cost ≈ 12 % of a CR-300 archive at 128² (900 pairs in base64) and measured no better
+(docs/benchmarks.md, "Ranges per tensor"). Archives of format 1 hold a pair per channel: a
+QuantizedTensor holds one pair per row, whatever the count, and dequantises either. Min and
 scale are float32, and quantization divides by exactly the float32 values that are stored, so
 the error per element is at most scale/2 (plus float32 rounding of the dequantised value).
 
@@ -28,7 +32,8 @@ from ..units import bits_per_parameter
 
 @dataclass(frozen=True)
 class QuantizedTensor:
-    """One tensor as symbols: `minimum`/`scale` have one float32 entry per channel (or one)."""
+    """One tensor as symbols: `minimum`/`scale` hold one float32 entry per row of the symbols
+    (one row today; one per output channel in archives of format 1)."""
 
     shape: tuple[int, ...]
     dtype: str
@@ -37,8 +42,8 @@ class QuantizedTensor:
     symbols: np.ndarray
 
     @property
-    def channels(self) -> int:
-        return channel_count(self.shape)
+    def rows(self) -> int:
+        return int(self.minimum.size)
 
     @property
     def numel(self) -> int:
@@ -62,15 +67,9 @@ class QuantizedModel:
         return bits_per_parameter(nbytes, self.parameter_count)
 
 
-def channel_count(shape: tuple[int, ...]) -> int:
-    """How many (min, scale) pairs a tensor of `shape` has: dim 0 for ≥ 2 dims, else one."""
-    return shape[0] if len(shape) >= 2 else 1
-
-
-def _as_rows(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The elements of a tensor of `shape` as one row per channel."""
-    channels = channel_count(shape)
-    return values.reshape(channels, values.size // channels if channels else 0)
+def _as_rows(values: np.ndarray, rows: int) -> np.ndarray:
+    """The elements of a tensor as `rows` rows of equal length."""
+    return values.reshape(rows, values.size // rows if rows else 0)
 
 
 def quantize(state_dict: Mapping[str, torch.Tensor], bits: int = DEFAULT_BITS) -> QuantizedModel:
@@ -90,7 +89,7 @@ def quantize(state_dict: Mapping[str, torch.Tensor], bits: int = DEFAULT_BITS) -
 
 def _quantize_tensor(name: str, tensor: torch.Tensor, bits: int) -> QuantizedTensor:
     shape = tuple(tensor.shape)
-    rows = _as_rows(tensor.detach().cpu().to(torch.float64).numpy(), shape)
+    rows = _as_rows(tensor.detach().cpu().to(torch.float64).numpy(), 1)
     if not (np.abs(rows) <= np.finfo(np.float32).max).all():  # also false for NaN
         raise ModelError(f"tensor {name!r} has non-finite values or values beyond float32; cannot quantise it")
     levels = (1 << bits) - 1
@@ -109,9 +108,9 @@ def _quantize_tensor(name: str, tensor: torch.Tensor, bits: int) -> QuantizedTen
 
 @torch.no_grad()
 def as_archived(tensor: torch.Tensor, bits: int) -> torch.Tensor:
-    """`tensor` as the archive returns it at `bits` bits: per-channel min/scale as in `quantize`,
+    """`tensor` as the archive returns it at `bits` bits: its min/scale as in `quantize`,
     computed in float32 on the tensor's device (for quantization-aware training)."""
-    rows = tensor.detach().float().reshape(channel_count(tuple(tensor.shape)), -1)
+    rows = tensor.detach().float().reshape(1, -1)
     if rows.shape[1] == 0:
         return tensor.detach().clone()
     low = rows.amin(dim=1, keepdim=True)
@@ -122,7 +121,7 @@ def as_archived(tensor: torch.Tensor, bits: int) -> torch.Tensor:
 
 def dequantize_tensor(q: QuantizedTensor) -> torch.Tensor:
     """min + μ·scale in float32, shaped like the original tensor."""
-    rows = _as_rows(q.symbols, q.shape).astype(np.float32)
+    rows = _as_rows(q.symbols, q.rows).astype(np.float32)
     values = q.minimum[:, None] + rows * q.scale[:, None]
     return torch.from_numpy(np.ascontiguousarray(values).reshape(q.shape))
 

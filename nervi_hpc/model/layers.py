@@ -66,8 +66,8 @@ class FeatureGrid(nn.Module):
         self.periods = tuple(periods)
         self.resolutions = [tuple(max(1, math.ceil(n / 2 ** (levels - 1 - level))) for n in sizes)
                             for level in range(levels)]
-        # (features, nodes): the archive quantizes per first axis, so each feature gets its own
-        # scale, not each node (a min/scale pair per 16 values would cost almost half the bits)
+        # (features, nodes): archives of format 1 quantized per first axis, so each feature had
+        # its own scale, not each node; the layout stays so that those archives still load
         self.tables = nn.ParameterList(
             nn.Parameter(torch.empty(features, math.prod(r)).uniform_(-0.1, 0.1)) for r in self.resolutions)
         self.out_features = levels * features

@@ -11,15 +11,16 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..codec.quantize import channel_count
 from ..errors import ModelError
 from .config import ModelConfig, with_parameter_grids
 from .network import NeRVI
 from .spec import ModelSpec
 
+
 def preset(name: str, height: int, width: int) -> ModelConfig:
-    """A named configuration resolved for height × width: `paper` (exactly the paper), `nerv`
-    or `grid` (the default: feature grids, periodic φ, soft compositing)."""
+    """A named configuration resolved for height × width: `paper` (exactly the paper), `nerv`,
+    `grid` (feature grids, periodic φ, soft compositing), `balanced` (the default: grid with a
+    slower channel decay) or `hinervi`."""
     return model_config(ModelSpec.parse({"preset": name}), height, width)
 
 
@@ -85,16 +86,15 @@ def _two_digits_down(x: float) -> float:
 
 
 ARCHIVE_FIXED_BYTES = 2100         # prefix, checksums and the metadata JSON (≈ 1.6 kB measured)
-ARCHIVE_TENSOR_BYTES = 80          # one tensor's JSON entry besides its name and min/scale
-CODE_TABLE_BYTES_PER_SYMBOL = 8.25  # the JSON code table (measured: 4,214 bytes at 9 bits)
+ARCHIVE_TENSOR_BYTES = 96          # one tensor's JSON entry besides its name, its min/scale included
+CODE_TABLE_BYTES_PER_SYMBOL = 4 / 3  # the code table: a byte per symbol in base64
 
 
 def estimated_archive_bytes(model: nn.Module, bits: int) -> float:
     """The size of `model`'s archive at `bits` bits without entropy-coding gains (which are
-    ≈ 3–5 %): payload, each quantization row's float32 min/scale in base64, each tensor's entry,
-    the code table and the metadata. Within 2 % of real archives' headers at 128²."""
-    tensors = [(name, tuple(t.shape)) for name, t in model.state_dict().items() if t.is_floating_point()]
-    payload = sum(math.prod(shape) for _, shape in tensors) * bits / 8
-    rows = sum(channel_count(shape) for _, shape in tensors)
+    ≈ 3–5 %): payload, each tensor's entry (its min/scale included), the code table and the
+    metadata."""
+    tensors = [(name, math.prod(t.shape)) for name, t in model.state_dict().items() if t.is_floating_point()]
+    payload = sum(numel for _, numel in tensors) * bits / 8
     entries = sum(ARCHIVE_TENSOR_BYTES + len(name) for name, _ in tensors)
-    return ARCHIVE_FIXED_BYTES + payload + rows * 2 * 4 * 4 / 3 + entries + CODE_TABLE_BYTES_PER_SYMBOL * 2 ** bits
+    return ARCHIVE_FIXED_BYTES + payload + entries + CODE_TABLE_BYTES_PER_SYMBOL * 2 ** bits

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from nervi_hpc.codec import archive
-from nervi_hpc.codec.archive import (MAGIC, MAX_HEADER_BYTES, PREFIX, compression_ratio, read_archive,
-                                     read_header, write_archive)
-from nervi_hpc.codec.quantize import dequantize, quantize
+from nervi_hpc.codec.archive import (FORMAT_VERSION, MAGIC, MAX_HEADER_BYTES, PREFIX, compression_ratio,
+                                     read_archive, read_header, write_archive)
+from nervi_hpc.codec.quantize import QuantizedModel, QuantizedTensor, dequantize, quantize
 from nervi_hpc.errors import ArchiveError
 
 META = {"model": {"c1": 16, "c2": 32, "factors": [4, 2]}, "parameters": {"names": ["t", "theta", "phi"],
@@ -73,10 +73,45 @@ def test_round_trip_is_bit_identical_to_dequantize(good, quantized):
     for name, tensor in expected.items():
         assert state[name].dtype == torch.float32 and torch.equal(state[name], tensor), name
     assert meta == META
-    assert info.bits == 9 and info.parameter_count == quantized.parameter_count
+    assert info.bits == 9 and info.parameter_count == quantized.parameter_count and info.version == FORMAT_VERSION
     assert info.file_bytes == good.stat().st_size == PREFIX.size + info.header_bytes + info.payload_bytes
     assert info.dropped == ("1.num_batches_tracked",)
     assert info.bits_per_parameter == pytest.approx(8 * info.file_bytes / quantized.parameter_count)
+
+
+def per_channel(quantized: QuantizedModel) -> QuantizedModel:
+    """`quantized` as format 1 stored it: a (min, scale) pair per output channel of each tensor of
+    ≥ 2 dims, the symbols requantised against them."""
+    tensors = {}
+    for name, t in quantized.tensors.items():
+        values = dequantize_one(t)
+        rows = values.reshape(t.shape[0] if len(t.shape) >= 2 else 1, -1)
+        low, high = rows.min(axis=1), rows.max(axis=1)
+        scale = ((high - low) / 511).astype(np.float32)
+        symbols = np.rint((rows - low[:, None]) / np.where(scale > 0, scale, 1)[:, None])
+        tensors[name] = QuantizedTensor(t.shape, t.dtype, low.astype(np.float32), scale,
+                                        symbols.astype(np.uint16).reshape(-1))
+    return QuantizedModel(quantized.bits, tensors, quantized.dropped)
+
+
+def dequantize_one(t: QuantizedTensor) -> np.ndarray:
+    return dequantize(QuantizedModel(9, {"t": t}))["t"].numpy().astype(np.float64)
+
+
+def test_format_1_archives_with_a_range_per_channel_are_still_read(quantized, tmp_path):
+    old = per_channel(quantized)
+    path = tmp_path / "format-1.nervi"
+    write_archive(path, old, META)
+    data = bytearray(path.read_bytes())
+    with pytest.raises(ArchiveError, match="must be base64 of 1 float32"):
+        read_archive(path)  # format 2 has one range a tensor
+    struct.pack_into("<H", data, len(MAGIC), 1)
+    path.write_bytes(bytes(data))
+    meta, state, info = read_archive(path)
+    assert info.version == 1 and meta == META
+    assert any(t.rows > 1 for t in old.tensors.values())
+    for name, tensor in dequantize(old).items():
+        assert torch.equal(state[name], tensor), name
 
 
 def test_model_from_the_archive_gives_the_same_outputs(good, quantized):
@@ -173,12 +208,13 @@ def test_wrong_magic_version_and_declared_lengths_are_refused(good, tmp_path):
     header_sha = data[18:50]
     rest = data[PREFIX.size:]
 
-    def prefix(magic=MAGIC, version=1, length=header_len, sha=header_sha):
+    def prefix(magic=MAGIC, version=FORMAT_VERSION, length=header_len, sha=header_sha):
         return struct.pack("<8sHQ32s", magic, version, length, sha)
 
     cases = {
         "magic": prefix(magic=b"NERVI\0\n\r") + rest, "png": b"\x89PNG\r\n\x1a\n" + data[8:],
-        "version 0": prefix(version=0) + rest, "version 2": prefix(version=2) + rest,
+        "version 0": prefix(version=0) + rest, "version next": prefix(version=FORMAT_VERSION + 1) + rest,
+        "version 1 with one range a tensor": prefix(version=1) + rest,
         "version max": prefix(version=0xFFFF) + rest, "length max": prefix(length=2 ** 64 - 1) + rest,
         "length 2^40": prefix(length=1 << 40) + rest, "length over limit": prefix(length=MAX_HEADER_BYTES + 1) + rest,
         "length of file": prefix(length=len(data)) + rest, "length short": prefix(length=header_len - 1) + rest,

@@ -1,6 +1,7 @@
 """Huffman coding: exact round trips, a canonical plain-data table, dahuffman as the reference,
 and ArchiveError (nothing else) for corrupt tables and streams."""
 
+import base64
 import json
 
 import numpy as np
@@ -64,11 +65,22 @@ def test_table_is_canonical_prefix_free_and_complete():
     assert sorted(book) == list(table.symbols)  # the book itself is in canonical order
 
 
-def test_table_is_plain_json_and_survives_a_round_trip():
+def test_table_is_a_byte_per_symbol_in_json_and_survives_a_round_trip():
     _, table = encode(streams()["gaussian 9-bit"])
     text = json.dumps(table.to_json())
     assert CodeTable.from_json(json.loads(text)) == table
-    assert all(type(v) is int for v in table.to_json()["symbols"] + table.to_json()["lengths"])
+    assert len(base64.b64decode(table.to_json()["lengths"])) == table.symbols[-1] + 1
+    assert len(text) < 2 * (table.symbols[-1] + 1)
+    # format 1's lists read as the same table
+    assert CodeTable.from_json({"symbols": list(table.symbols), "lengths": list(table.lengths)}) == table
+
+
+@pytest.mark.parametrize("lengths", ["not base64!", 17, base64.b64encode(bytes(70000)).decode(),
+                                     base64.b64encode(bytes([1, 2, 2, 40])).decode(),
+                                     base64.b64encode(bytes([1, 2])).decode()])
+def test_a_bad_compact_table_is_an_archive_error(lengths):
+    with pytest.raises(ArchiveError):
+        CodeTable.from_json({"lengths": lengths})
 
 
 def test_code_is_huffman_optimal_within_one_bit_of_the_entropy():
