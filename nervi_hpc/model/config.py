@@ -156,14 +156,11 @@ PRESETS = {
     "paper": ModelConfig(),
     "nerv": ModelConfig(arch="nerv"),
     "grid": ModelConfig(grid_features=16, periodic=("phi",), composite="soft"),
-    # grid with channels falling by 1.5 per block instead of 2 (HNeRV's balanced parameters):
-    # more of the budget toward full resolution, at the same CPU time per epoch at 128²
-    "balanced": ModelConfig(grid_features=16, periodic=("phi",), composite="soft", channel_decay=1.5),
     "hinervi": ModelConfig(c1=32, c2=64, pe_levels=6, norm="none", channel_decay=1.5, min_channels=12,
                            grid_features=8, periodic=("phi",), composite="soft", stem_layer="single",
                            block="bilinear", c1_share=0.5),
 }
-DEFAULT_PRESET = "balanced"
+DEFAULT_PRESET = "grid"
 PERIODS = {"phi": 360.0}  # the period of each parameter that `periodic` may name
 
 

@@ -18,9 +18,8 @@ from .spec import ModelSpec
 
 
 def preset(name: str, height: int, width: int) -> ModelConfig:
-    """A named configuration resolved for height × width: `paper` (exactly the paper), `nerv`,
-    `grid` (feature grids, periodic φ, soft compositing), `balanced` (the default: grid with a
-    slower channel decay) or `hinervi`."""
+    """A named configuration resolved for height × width: `paper` (exactly the paper), `nerv`
+    or `grid` (the default: feature grids, periodic φ, soft compositing)."""
     return model_config(ModelSpec.parse({"preset": name}), height, width)
 
 

@@ -1,6 +1,5 @@
 """NeRVI / NeRV network: size, upscale plan, shapes, config round trip, inference rule, training step."""
 
-import dataclasses
 import json
 import math
 
@@ -271,7 +270,7 @@ def test_forward_under_bf16_autocast():
 VIEWS = {"t": [0.0], "theta": [float(v) for v in range(0, 172, 9)], "phi": [float(v) for v in range(0, 352, 9)]}
 
 
-@pytest.mark.parametrize("name", ["paper", "grid", "balanced"])
+@pytest.mark.parametrize("name", ["paper", "grid"])
 def test_target_cr_sizes_the_model_for_the_collection(name):
     from nervi_hpc.model.network import count_parameters
 
@@ -286,7 +285,7 @@ def test_target_cr_sizes_the_model_for_the_collection(name):
         assert target <= cr < 1.6 * target, (target, cr, config.c2)
         assert config.c1 == max(8, round(config.c2 / 4)) and min(config.channels(5)) >= 4
     assert model_config(ModelSpec.parse({}), 256, 256, count=800, grids=VIEWS) == model_config(
-        ModelSpec.parse({"preset": "balanced", "target_cr": 300}), 256, 256, count=800, grids=VIEWS)
+        ModelSpec.parse({"preset": "grid", "target_cr": 300}), 256, 256, count=800, grids=VIEWS)
     fewer_bits = model_config(ModelSpec.parse({"preset": name, "target_cr": 300, "bits": 6}), 256, 256, count=800, grids=VIEWS)
     nine = model_config(ModelSpec.parse({"preset": name, "target_cr": 300}), 256, 256, count=800, grids=VIEWS)
     assert 1.3 < params(fewer_bits) / params(nine) < 1.6  # the same bytes hold more 6-bit weights
@@ -299,16 +298,6 @@ def test_target_cr_sizes_the_model_for_the_collection(name):
 
 
 # ----------------------------------------------------------------------------------------------
-def test_the_default_preset_puts_more_of_the_same_budget_at_full_resolution():
-    sized = {name: model_config(ModelSpec.parse({"preset": name, "target_cr": 300}), 128, 128, count=800, grids=VIEWS)
-             for name in ("grid", "balanced")}
-    assert ModelSpec.parse({}).preset == "balanced"
-    assert sized["balanced"] == dataclasses.replace(sized["grid"], channel_decay=1.5, c2=sized["balanced"].c2,
-                                                    c1=sized["balanced"].c1)
-    last = {name: config.channels(len(config.upscale))[-1] for name, config in sized.items()}
-    assert last["balanced"] > last["grid"] and sized["balanced"].c2 < sized["grid"].c2
-
-
 # Feature grids, periodic inputs, soft compositing (the default preset)
 
 GRIDS = {"t": [0.0, 1.0, 2.0], "theta": [0.0, 90.0, 180.0], "phi": [0.0, 90.0, 180.0, 270.0]}
