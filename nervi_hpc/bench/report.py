@@ -71,6 +71,7 @@ def markdown(spec_path: Path, store: dict[str, Any], points: list[rd.Point], tab
                       "| nervi method | " + " | ".join(codecs) + " |", "|---|" + "---|" * len(codecs)]
             lines += [f"| {n} | " + " | ".join(_percent(bd[n][c][key]) for c in codecs) + " |" for n in bd]
             lines.append("")
+    lines += at_own_cr_markdown(points)
     lines += ["## Points", "", "| method | setting | CR | PSNR | foreground PSNR | MS-SSIM | encode s | decode s |",
               "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {p.method} | {p.setting} | {p.cr:.1f} | {cell(p.psnr)} | {cell(p.foreground_psnr)} | "
@@ -81,6 +82,24 @@ def markdown(spec_path: Path, store: dict[str, Any], points: list[rd.Point], tab
         lines += [f"Not run yet: {', '.join(f'{t.method} {t.setting}' for t in missing)}.", ""]
     lines += ["Plots: `rd-psnr.png` (whole-image and foreground PSNR vs CR), `rd-msssim.png`.", ""]
     return "\n".join(lines)
+
+
+def at_own_cr_markdown(points: list[rd.Point]) -> list[str]:
+    """Each nervi-hpc archive against each codec's sweep at the archive's own CR (interpolated in
+    log CR; — where the sweep does not reach it): the comparison at exactly equal size."""
+    codecs = sorted({p.method for p in points if p.kind == "codec"})
+    runs = sorted((p for p in points if p.kind == "nervi" and p.psnr is not None), key=lambda p: (p.method, p.cr))
+    if not codecs or not runs:
+        return []
+    sweeps = {c: [(p.cr, p.psnr) for p in points if p.method == c] for c in codecs}
+    lines = ["## Each archive against the codecs at its own CR", "",
+             "Whole-image PSNR (dB) of each codec at the archive's CR, and the archive's lead over it.", "",
+             "| method | setting | CR | PSNR | " + " | ".join(codecs) + " |", "|---|---|---|---|" + "---|" * len(codecs)]
+    for p in runs:
+        values = [rd.at_cr(sweeps[c], p.cr) for c in codecs]
+        lines.append(f"| {p.method} | {p.setting} | {p.cr:.1f} | {p.psnr:.2f} | " + " | ".join(
+            "—" if v is None else f"{v:.2f} ({p.psnr - v:+.2f})" for v in values) + " |")
+    return lines + [""]
 
 
 def time_markdown(curves: dict[str, list[rd.TimePoint]], codec_lines: dict[str, dict[str, float]]) -> str:

@@ -177,6 +177,11 @@ def test_report_tables_show_interpolated_and_nearest_values_and_bd_rates():
     assert f"| nervi | nervi | 36.00 (at 104) | {at_300:.2f} | 30.00 (at 690) | — |" in text
     assert "| h264 | codec |" in text and "| — |" not in text.split("| h264 | codec |")[1].splitlines()[0]
     assert f"| nervi | {bd['nervi']['h264']['psnr']:+.1f} % |" in text
+    # each archive against the codec at exactly its own CR, and where the sweep does not reach
+    h264_at_310 = 35.0 + (27.0 - 35.0) * math.log(310 / 200) / math.log(1050 / 200)
+    own = text.split("## Each archive against the codecs at its own CR")[1]
+    assert f"| nervi | s310.0 | 310.0 | 33.00 | {h264_at_310:.2f} ({33.0 - h264_at_310:+.2f}) |" in own
+    assert "| nervi | s104.0 | 104.0 | 36.00 | " in own
 
 
 def test_a_report_without_codecs_has_no_bd_rate_table():
