@@ -19,7 +19,7 @@ from nervi_hpc.errors import ArchiveError, ConfigError, ParameterError
 from nervi_hpc.model import checkpoint
 from nervi_hpc.parameters import parse_assignments, png_name, read_params_csv
 from nervi_hpc.stages.compress import compress
-from nervi_hpc.stages.decode.decoder import Decoder, build_model, pick_device, unseen_notes
+from nervi_hpc.stages.decode.decoder import Decoder, build_model, default_batch_size, pick_device, unseen_notes
 from nervi_hpc.stages.decode.outputs import write_outputs
 
 
@@ -227,3 +227,11 @@ def test_cli_errors_are_one_line(archive, tmp_path, capsys):
     truncated.write_bytes(data[:PREFIX.size + header_len + 10])
     assert_one_line_error(capsys, ["decode", str(truncated), "--all", "-o", out], str(truncated), "truncated")
     assert_one_line_error(capsys, ["decode", str(archive), "-o", out], "exactly one of --param")
+
+
+def test_the_default_decode_batch_is_smaller_on_a_cpu_than_on_a_gpu():
+    """A CPU decodes fastest with a batch whose activations stay in cache; a GPU wants big ones."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert (default_batch_size(256, 256, cpu), default_batch_size(256, 256, gpu)) == (4, 64)
+    assert (default_batch_size(1024, 1024, cpu), default_batch_size(1024, 1024, gpu)) == (1, 4)
+    assert default_batch_size(8, 8, gpu) == 256  # at most MAX_BATCH images

@@ -34,7 +34,10 @@ from ...model.compositing import composite, to_uint8
 from ...model.config import ModelConfig
 from ...model.network import NeRVI
 from ...parameters import label
-BATCH_PIXELS = 1 << 22      # default batch: about 4 M output pixels (4 images of 1024², 64 of 256²)
+BATCH_PIXELS = 1 << 22      # default batch on a GPU: about 4 M output pixels (4 images of 1024², 64 of 256²)
+# On a CPU a batch is fastest while its activations stay in cache: at 256² batch 4 decodes 4–5×
+# faster than 64 (docs/benchmarks.md, issue 13), so the CPU's batch holds about 256 k pixels.
+CPU_BATCH_PIXELS = 1 << 18
 MAX_BATCH = 256
 GRID_TOLERANCE = 1e-9       # relative: a value this close to a grid value is on the grid
 WEIGHT_BYTES = 2 + 4 + 4    # per weight while opening: its symbol, the state dict, the model
@@ -174,9 +177,10 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return chosen
 
 
-def default_batch_size(height: int, width: int) -> int:
-    """About BATCH_PIXELS output pixels per batch, 1..MAX_BATCH images."""
-    return max(1, min(MAX_BATCH, BATCH_PIXELS // (height * width)))
+def default_batch_size(height: int, width: int, device: torch.device) -> int:
+    """About BATCH_PIXELS output pixels per batch on a GPU (CPU_BATCH_PIXELS on a CPU), 1..MAX_BATCH images."""
+    pixels = BATCH_PIXELS if device.type == "cuda" else CPU_BATCH_PIXELS
+    return max(1, min(MAX_BATCH, pixels // (height * width)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +208,7 @@ class Decoder:
         self.model = model.to(self.device).eval()
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.batch_size = batch_size or min(default_batch_size(meta.height, meta.width), largest)
+        self.batch_size = batch_size or min(default_batch_size(meta.height, meta.width, self.device), largest)
         self.where = str(info.path) if info else "the model"
 
     @classmethod
