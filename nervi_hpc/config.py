@@ -22,6 +22,10 @@ def _positive(v) -> bool:
     return v > 0
 
 
+def _auto_or_positive(v) -> bool:
+    return v == "auto" or _positive(v)
+
+
 def _size(v) -> bool:
     return len(v) == 2 and all(8 <= x <= 8192 for x in v)
 
@@ -87,7 +91,8 @@ class TrainSpec:
     """How the network is fitted. Sizes left out (None) are chosen from the image size.
 
     The defaults are nervi-hpc's recipe (docs/benchmarks.md); the paper's loss is
-    `mask_loss: l1, ssim_weight: 0.3, composite_weight: 0`. `snapshot_minutes` keeps a copy of
+    `mask_loss: l1, ssim_weight: 0.3, composite_weight: 0` (and lr 5e-4). `lr: auto` is 1e-3 up
+    to 32 channels (c2) and 1e-3·32/c2 above (stages/schedule.py, peak_lr). `snapshot_minutes` keeps a copy of
     the weights at those training times in `snapshots/` (for PSNR-vs-time curves);
     `until_gain_db` stops training once the training PSNR gained less than that over the last
     quarter of the training time (convergence), whatever `epochs` and `max_minutes` allow, after
@@ -113,7 +118,8 @@ class TrainSpec:
     epochs: int = field(default=300, metadata=check(_positive, "a positive count"))
     batch_size: int | None = field(default=None, metadata=check(lambda v: v is None or v > 0,
                                                                 "a positive global batch size"))
-    lr: float = field(default=1e-3, metadata=check(_positive, "a positive learning rate"))
+    lr: float | Literal["auto"] = field(default="auto",
+                                        metadata=check(_auto_or_positive, "a positive learning rate, or auto"))
     schedule: Literal["cosine", "constant"] = "cosine"
     mask_loss: Literal["l1", "bce"] = "bce"
     ssim_weight: float = field(default=0.0, metadata=check(lambda v: v >= 0, "a weight ≥ 0"))

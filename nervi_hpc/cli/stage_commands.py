@@ -156,7 +156,8 @@ def cmd_info(args) -> None:
           f"({f['bits_per_weight']:.2f} bits/weight with the header)")
     planned = f" of {t['epochs_planned']}" if t.get("epochs_planned") else ""
     how = ", stopped at the time limit" if t.get("stopped_early") else ""
-    print(f"  trained: {t.get('epochs')} epochs{planned}{how}, {t.get('steps')} steps in "
+    peak = f", peak lr {t['peak_lr']:.2g}" if t.get("peak_lr") else ""
+    print(f"  trained: {t.get('epochs')} epochs{planned}{how}, {t.get('steps')} steps{peak} in "
           f"{human_duration(t.get('seconds'))}; training PSNR "
           + (f"{t['psnr']:.2f} dB" if t.get("psnr") is not None else "n/a")
           + (f"; evaluated PSNR {f['psnr_db']:.2f} dB" if f["psnr_from"] == "evaluation" else ""))

@@ -39,6 +39,7 @@ class CheckpointRecord:
     ranges: tuple[tuple[float, float], ...]  # each parameter's (low, high) in the store
     background: tuple[int, int, int]
     stopped_early: bool = False             # training ended at its time limit
+    peak_lr: float | None = None            # train.lr resolved (`auto` depends on the width); None before stop 20
 
     @property
     def name(self) -> str | None:
@@ -57,14 +58,16 @@ class CheckpointRecord:
         return {"dataset": self.dataset, "model": self.model.to_dict(), "batch_size": self.batch_size,
                 "world_size": self.world_size, "height": self.height, "width": self.width,
                 "param_names": list(self.param_names), "ranges": [list(r) for r in self.ranges],
-                "background": list(self.background), "stopped_early": self.stopped_early}
+                "background": list(self.background), "stopped_early": self.stopped_early,
+                "peak_lr": self.peak_lr}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "CheckpointRecord":
         return cls(dataset=raw["dataset"], model=ModelConfig.from_dict(raw["model"]), batch_size=raw["batch_size"],
                    world_size=raw["world_size"], height=raw["height"], width=raw["width"],
                    param_names=tuple(raw["param_names"]), ranges=tuple(tuple(r) for r in raw["ranges"]),
-                   background=tuple(raw["background"]), stopped_early=bool(raw.get("stopped_early", False)))
+                   background=tuple(raw["background"]), stopped_early=bool(raw.get("stopped_early", False)),
+                   peak_lr=raw.get("peak_lr"))
 
 
 def save(root: str | Path, step: int, state: dict, record: CheckpointRecord, keep_latest_k: int = 2) -> Path:

@@ -127,7 +127,7 @@ def archive_meta(state: dict, config: CheckpointRecord, checkpoint_name: str, st
         "epochs": state.get("epoch"), "epochs_planned": config.epochs_planned,
         "steps": state.get("step"), "seconds": finite_or_none(state.get("seconds")),
         "loss": finite_or_none(final.get("loss")), "psnr": finite_or_none(final.get("psnr")),
-        "stopped_early": config.stopped_early,
+        "stopped_early": config.stopped_early, "peak_lr": config.peak_lr,
     }
     return ArchiveMeta(model=config.model, parameters=parameters,
                        height=store.height, width=store.width, background=config.background,

@@ -9,24 +9,39 @@ from dataclasses import dataclass
 from ..config import TrainSpec
 
 
-def learning_rate(cfg: TrainSpec, progress: float, cooldown: float | None = None) -> float:
-    """lr at `progress` ∈ [0, 1] of the run: linear warm-up, then cosine to final_lr·lr.
+AUTO_LR = 1e-3       # the peak lr of `train.lr: auto` for models up to AUTO_LR_WIDTH channels (c2)
+AUTO_LR_WIDTH = 32
+# Why it falls with the width: Adam moves every weight by about lr a step, so a layer's output
+# moves by about lr·fan-in, and wider models need a smaller lr for the same step. At 256² (c2 61)
+# 1e-3 made the training PSNR fall during the peak phase and 5e-4 gave +5.6 dB after 50 epochs,
+# where at 128² (c2 26) 1e-3 beat 5e-4 by 0.7 dB (docs/benchmarks.md, stop 20).
+
+
+def peak_lr(cfg: TrainSpec, c2: int) -> float:
+    """The run's peak lr: `train.lr`, or for `auto` AUTO_LR · min(1, AUTO_LR_WIDTH / c2)."""
+    if cfg.lr != "auto":
+        return cfg.lr
+    return AUTO_LR * min(1.0, AUTO_LR_WIDTH / c2)
+
+
+def learning_rate(cfg: TrainSpec, peak: float, progress: float, cooldown: float | None = None) -> float:
+    """lr at `progress` ∈ [0, 1] of the run: linear warm-up to `peak`, then cosine to final_lr·peak.
 
     With `until_gain_db` (train to convergence) the schedule is warm-up, stable, decay instead:
     lr stays at its peak after the warm-up until a cooldown starts (`Cooldown`), and `cooldown`
     ∈ [0, 1] is how far along it is; over it lr falls by the same cosine.
     """
     if cfg.schedule == "constant":
-        return cfg.lr
+        return peak
     if progress < cfg.warmup and (cooldown is None or not cfg.until_gain_db):
-        return cfg.lr * max(progress / cfg.warmup, 1e-3)
+        return peak * max(progress / cfg.warmup, 1e-3)
     if cfg.until_gain_db:
         if cooldown is None:
-            return cfg.lr
+            return peak
         t = cooldown
     else:
         t = (progress - cfg.warmup) / (1 - cfg.warmup)
-    return cfg.lr * (cfg.final_lr + (1 - cfg.final_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+    return peak * (cfg.final_lr + (1 - cfg.final_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from ..model.sizing import model_config
 from ..paths import RunPaths
 from ..progress import ProgressLog, TrainingBar
 from ..schema import to_dict
-from .schedule import LATEST_COOLDOWN, Cooldown, learning_rate, plateaued
+from .schedule import LATEST_COOLDOWN, Cooldown, learning_rate, peak_lr, plateaued
 
 
 @dataclass(frozen=True)
@@ -69,15 +69,15 @@ def default_batch_size(count: int, world: int) -> int:
     return max(world, min(count, DEFAULT_BATCH))
 
 
-def adam(parameters: list[torch.nn.Parameter], cfg: TrainSpec) -> torch.optim.Adam:
+def adam(parameters: list[torch.nn.Parameter], cfg: TrainSpec, peak: float) -> torch.optim.Adam:
     """Adam in one fused kernel over all the parameters (`train.fused_adam`; the multi-tensor
     version where this torch has no fused one for the device), else torch's per-tensor loop."""
     if not cfg.fused_adam:
-        return torch.optim.Adam(parameters, lr=cfg.lr, foreach=False)
+        return torch.optim.Adam(parameters, lr=peak, foreach=False)
     try:
-        return torch.optim.Adam(parameters, lr=cfg.lr, fused=True)
+        return torch.optim.Adam(parameters, lr=peak, fused=True)
     except RuntimeError:  # "fused=True requires ... supported devices"
-        return torch.optim.Adam(parameters, lr=cfg.lr, foreach=True)
+        return torch.optim.Adam(parameters, lr=peak, foreach=True)
 
 
 def uses_bf16(device: torch.device, amp: str) -> bool:
@@ -148,7 +148,8 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     cuda = env.device.type == "cuda"
     memory_format = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    optimizer = adam(list(model.parameters()), cfg)
+    peak = peak_lr(cfg, mcfg.c2)
+    optimizer = adam(list(model.parameters()), cfg, peak)
     step = epoch = start_batch = 0
     trained_seconds = cpu_before = 0.0
     found = checkpoint.latest(paths.checkpoints)
@@ -191,7 +192,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
     record = checkpoint.CheckpointRecord(
         dataset=to_dict(spec), model=mcfg, batch_size=batch_size, world_size=env.world_size, height=data.height,
         width=data.width, param_names=tuple(data.param_names), ranges=tuple(tuple(r) for r in data.ranges),
-        background=tuple(data.background))
+        background=tuple(data.background), peak_lr=peak)
 
     def save(stopped: bool, root: Path = paths.checkpoints, keep: int = cfg.keep_latest_k) -> Path | None:
         if not env.is_main:
@@ -251,7 +252,7 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
                 stopped = converged = True
                 break
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, progress, None if cooldown is None else cooldown.progress(elapsed))
+                group["lr"] = learning_rate(cfg, peak, progress, None if cooldown is None else cooldown.progress(elapsed))
             # quantization-aware in the cooldown: the step's gradient is taken at the archived
             # weights and applied to the float ones (straight-through)
             in_cooldown = cooldown is not None or (not cfg.until_gain_db and progress >= 1 - cfg.cooldown_share)

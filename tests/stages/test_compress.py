@@ -93,7 +93,9 @@ def test_archive_meta_describes_the_collection_and_the_training(run, compressed)
     logged = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()][-1]
     assert meta.training == {"dataset": "tiny", "checkpoint": checkpoint.latest(run / "checkpoints").name,
                              "epochs": 100, "epochs_planned": 100, "steps": 400, "seconds": state["seconds"],
-                             "loss": logged["loss"], "psnr": logged["psnr"], "stopped_early": False}
+                             "loss": logged["loss"], "psnr": logged["psnr"], "stopped_early": False,
+                             "peak_lr": config.peak_lr}
+    assert config.peak_lr == 1e-3  # lr auto at the tiny model's width
     assert ArchiveMeta.from_json(meta.to_json()) == meta
     assert np.array_equal(np.sort(meta.grid(), axis=0), np.sort(store.params, axis=0))
 

@@ -18,7 +18,7 @@ from nervi_hpc.config import DatasetSpec, load_dataset
 from nervi_hpc.model import checkpoint
 from nervi_hpc.schema import build
 from nervi_hpc.codec.quantize import archived_weights
-from nervi_hpc.stages.schedule import Cooldown, learning_rate, plateaued
+from nervi_hpc.stages.schedule import Cooldown, learning_rate, peak_lr, plateaued
 from nervi_hpc.progress import TrainingBar
 from nervi_hpc.stages.train import train
 
@@ -49,19 +49,27 @@ def free_port() -> int:
 
 def test_learning_rate_schedules():
     cfg = spec(lr=1e-3, warmup=0.1, final_lr=0.0).train
-    assert learning_rate(cfg, 0.05) == pytest.approx(5e-4)
-    assert learning_rate(cfg, 0.1) == pytest.approx(1e-3)
-    assert learning_rate(cfg, 0.55) == pytest.approx(5e-4)
-    assert learning_rate(cfg, 1.0) == pytest.approx(0.0, abs=1e-12)
-    assert learning_rate(spec(lr=2e-5, schedule="constant").train, 0.7) == 2e-5
+    assert learning_rate(cfg, 1e-3, 0.05) == pytest.approx(5e-4)
+    assert learning_rate(cfg, 1e-3, 0.1) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 1e-3, 0.55) == pytest.approx(5e-4)
+    assert learning_rate(cfg, 1e-3, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(spec(lr=2e-5, schedule="constant").train, 2e-5, 0.7) == 2e-5
+
+
+def test_the_automatic_peak_lr_falls_with_the_width_and_a_given_lr_is_kept():
+    auto = spec().train
+    assert auto.lr == "auto"
+    assert peak_lr(auto, 26) == pytest.approx(1e-3)              # 128² at CR 300
+    assert peak_lr(auto, 64) == pytest.approx(5e-4)              # twice the reference width
+    assert peak_lr(spec(lr=2e-3).train, 64) == 2e-3
 
 
 def test_training_to_convergence_holds_the_peak_lr_until_the_cooldown():
     cfg = spec(lr=1e-3, warmup=0.1, final_lr=0.0, until_gain_db=0.2).train
-    assert learning_rate(cfg, 0.05) == pytest.approx(5e-4)       # warm-up as before
-    assert learning_rate(cfg, 0.6) == pytest.approx(1e-3)        # stable: no cosine over the cap
-    assert learning_rate(cfg, 0.6, cooldown=0.5) == pytest.approx(5e-4)
-    assert learning_rate(cfg, 0.05, cooldown=1.0) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(cfg, 1e-3, 0.05) == pytest.approx(5e-4)       # warm-up as before
+    assert learning_rate(cfg, 1e-3, 0.6) == pytest.approx(1e-3)        # stable: no cosine over the cap
+    assert learning_rate(cfg, 1e-3, 0.6, cooldown=0.5) == pytest.approx(5e-4)
+    assert learning_rate(cfg, 1e-3, 0.05, cooldown=1.0) == pytest.approx(0.0, abs=1e-12)
     assert Cooldown(start=100.0, length=20.0).progress(110.0) == pytest.approx(0.5)
 
 
