@@ -165,6 +165,7 @@ def plot_time(curves: Mapping[str, Sequence[TimePoint]], codec_lines: Mapping[st
 
     figure, axis = pyplot.subplots(figsize=(8.5, 5.5))
     colours = pyplot.get_cmap("tab10").colors
+    drawn: list[tuple[str, float]] = []  # runs at about the same CR share one line per codec
     for k, (run, points) in enumerate(curves.items()):
         colour = colours[k % len(colours)]
         xy = [(p.cpu_minutes, p.psnr) for p in sorted(points, key=lambda p: p.minutes) if p.psnr is not None]
@@ -172,6 +173,9 @@ def plot_time(curves: Mapping[str, Sequence[TimePoint]], codec_lines: Mapping[st
             cr = points[-1].cr
             axis.plot(*zip(*xy), marker="o", linewidth=2.2, color=colour, label=f"{run} (CR {cr:.0f})")
         for j, (codec, value) in enumerate(codec_lines.get(run, {}).items()):
+            if any(c == codec and abs(v - value) < 0.2 for c, v in drawn):
+                continue
+            drawn.append((codec, value))
             axis.axhline(value, color=colour, linestyle=(0, (1, 1 + j)), linewidth=1.2)
             axis.annotate(f"{codec} @ CR {points[-1].cr:.0f}: {value:.1f} dB", (0.01, value),
                           xycoords=("axes fraction", "data"), fontsize=7, color=colour, va="bottom")
