@@ -92,8 +92,8 @@ class TrainSpec:
 
     The defaults are nervi-hpc's recipe (docs/benchmarks.md); the paper's loss is
     `mask_loss: l1, ssim_weight: 0.3, composite_weight: 0` (and lr 5e-4). `lr: auto` is 1e-3 up
-    to 32 channels (c2) and 1e-3·32/c2 above (stages/schedule.py, peak_lr). `snapshot_minutes` keeps a copy of
-    the weights at those training times in `snapshots/` (for PSNR-vs-time curves);
+    to 32 channels (c2) and 1e-3·32/c2 above (stages/schedule.py, peak_lr). `snapshot_minutes`
+    keeps a copy of the weights at those training times in `snapshots/` (for PSNR-vs-time curves);
     `until_gain_db` stops training once the training PSNR gained less than that over the last
     quarter of the training time (convergence), whatever `epochs` and `max_minutes` allow, after
     a cooldown of `cooldown_share` of the time trained until then.

@@ -17,7 +17,8 @@ from .stage_commands import (cmd_bench, cmd_compress, cmd_decode, cmd_eval, cmd_
 
 def _decoding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default: about 4 M pixels on a GPU, 256 k on a CPU)")
+    p.add_argument("--batch-size", type=int,
+                   help="images per forward pass (default: about 4 M pixels on a GPU, 256 k on a CPU)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 

@@ -39,7 +39,7 @@ class CheckpointRecord:
     ranges: tuple[tuple[float, float], ...]  # each parameter's (low, high) in the store
     background: tuple[int, int, int]
     stopped_early: bool = False             # training ended at its time limit
-    peak_lr: float | None = None            # train.lr resolved (`auto` depends on the width); None before stop 20
+    peak_lr: float | None = None            # train.lr resolved (`auto` depends on the width); None if older
 
     @property
     def name(self) -> str | None:

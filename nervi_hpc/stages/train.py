@@ -252,7 +252,8 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
                 stopped = converged = True
                 break
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, peak, progress, None if cooldown is None else cooldown.progress(elapsed))
+                group["lr"] = learning_rate(cfg, peak, progress,
+                                            None if cooldown is None else cooldown.progress(elapsed))
             # quantization-aware in the cooldown: the step's gradient is taken at the archived
             # weights and applied to the float ones (straight-through)
             in_cooldown = cooldown is not None or (not cfg.until_gain_db and progress >= 1 - cfg.cooldown_share)

@@ -178,7 +178,8 @@ def pick_device(device: str | torch.device | None) -> torch.device:
 
 
 def default_batch_size(height: int, width: int, device: torch.device) -> int:
-    """About BATCH_PIXELS output pixels per batch on a GPU (CPU_BATCH_PIXELS on a CPU), 1..MAX_BATCH images."""
+    """About BATCH_PIXELS output pixels per batch on a GPU (CPU_BATCH_PIXELS on a CPU), 1..MAX_BATCH
+    images."""
     pixels = BATCH_PIXELS if device.type == "cuda" else CPU_BATCH_PIXELS
     return max(1, min(MAX_BATCH, pixels // (height * width)))
 
