@@ -54,7 +54,7 @@ def wait_until(predicate, timeout: float, what: str):
         if value:
             return value
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
 
 
 @contextlib.contextmanager
