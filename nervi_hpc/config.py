@@ -230,13 +230,24 @@ class Profile:
             raise ConfigError(f"stages: unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")
 
 
+def local_profile() -> Profile:
+    """The built-in profile (no cluster.yaml): this machine, its GPUs, training in one thread.
+
+    Why one thread: the model's small convolutions and elementwise work do not scale over
+    intra-op threads (2 threads trained no faster than 1 on 2 idle cores), and OpenMP's
+    spin-waiting threads collapse when anything else wants the cores: on 2 cores shared with 2
+    other jobs, 2 threads trained 4 epochs of the demo in a minute where 1 thread trained 39
+    (docs/benchmarks.md, "Threads")."""
+    return Profile(stages={"train": StageResources(cpus_per_task=1)})
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """cluster.yaml: storage root and executor profiles."""
 
     storage_root: str = "storage"
     default_profile: str = "local"
-    profiles: dict[str, Profile] = field(default_factory=lambda: {"local": Profile()})
+    profiles: dict[str, Profile] = field(default_factory=lambda: {"local": local_profile()})
 
     def __post_init__(self):
         if self.default_profile not in self.profiles:

@@ -20,7 +20,7 @@ import yaml
 from nervi_hpc.cli import main
 from nervi_hpc.config import ClusterConfig, Profile, StageResources, load_cluster
 from nervi_hpc.errors import ArchiveError, ConfigError, RunError
-from nervi_hpc.hpc import lifecycle, manifest, resources
+from nervi_hpc.hpc import jobs, lifecycle, manifest, resources
 from nervi_hpc.hpc.backends import local
 from nervi_hpc.hpc.results import fetch
 from nervi_hpc.hpc.status import snapshot
@@ -203,6 +203,16 @@ def test_local_jobs_see_the_gpus_the_profile_gives(tmp_path):
     executor.update_parameters(**local.local_parameters(auto, res["train"]))
     job = executor.submit(submitit.helpers.CommandFunction(["printenv", "CUDA_VISIBLE_DEVICES"]))
     assert [out.strip() for out in job.results()] == ["0,1", "0,1"]  # two tasks, each sees both GPUs
+
+
+def test_the_local_default_trains_in_one_thread_and_ingests_in_two():
+    """The built-in profile and the shipped cluster.yaml's: one training thread (threads spin
+    against other jobs on a shared machine), the profile's 2 CPUs for ingest and compress."""
+    shipped = load_cluster(Path(__file__).parents[2] / "cluster.yaml")
+    for profile in (ClusterConfig().profile(None), shipped.profiles["local"]):
+        plan = resources.plan(profile, "local")
+        assert [plan[s].cpus_per_task for s in ("ingest", "train", "compress")] == [2, 1, 2]
+        assert jobs.job_for("train", RunPaths(Path("run")), plan["train"]).cpus == 1
 
 
 def test_dry_run_prints_the_chained_sbatch_scripts(tmp_path):
