@@ -48,7 +48,7 @@ def local_cluster(folder: Path) -> ClusterConfig:
 
 
 def wait_until(predicate, timeout: float, what: str):
-    end = time.monotonic() + timeout
+    end, value = time.monotonic() + timeout, None
     while time.monotonic() < end:
         value = predicate()
         if value:

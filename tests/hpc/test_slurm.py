@@ -125,9 +125,9 @@ def test_failed_ingest_never_starts_training(tmp_path, partition):
         assert record.starts == 0 and not paths.job_log(record.job_id).exists()
         # Slurm kills the chain in one pass or two: the second pass finds compress's dependency
         # already failed, so its reason may read "DependencyNeverSatisfied".
-        (row,) = wait_until(lambda: (rows := sacct(record.job_id, "State,Elapsed,Start,Reason"))[:1]
-                            and rows[0][0] == "CANCELLED" and rows, 30, f"accounting to show job {record.job_id} cancelled")
-        state, elapsed, start, reason = row
+        (row,) = wait_until(lambda: [r for r in sacct(record.job_id, "State,Elapsed,Start,Reason") if r[0] == "CANCELLED"],
+                            30, f"accounting to show job {record.job_id} cancelled")
+        _, elapsed, start, reason = row
         assert (elapsed, start) == ("00:00:00", "None") and reason.startswith("Dependency"), row
 
 
