@@ -101,6 +101,7 @@ class TrainSpec:
     it a grid run collapsed at the peak lr, docs/benchmarks.md). `composite_weight` weighs the
     composite's MSE, what PSNR measures, against the L1 and mask terms: at 1 the L1 terms dominate
     late in training (an MSE of 1e-3 against L1 terms of ~0.02); 100 gave +1.3 dB at 300 epochs.
+    `mask_weight` scales the mask term (model/loss.py, nervi_loss).
     `clock` "cpu" counts `max_minutes`, `snapshot_minutes` and the cooldown in this process's
     CPU time instead of wall-clock time: a fair budget on a shared machine (one thread per run).
     `resident_share`: the collection is loaded once onto the training device when its uint8
@@ -124,6 +125,7 @@ class TrainSpec:
     mask_loss: Literal["l1", "bce"] = "bce"
     ssim_weight: float = field(default=0.0, metadata=check(lambda v: v >= 0, "a weight ≥ 0"))
     composite_weight: float = field(default=100.0, metadata=check(lambda v: v >= 0, "a weight ≥ 0"))
+    mask_weight: float = field(default=1.0, metadata=check(lambda v: v >= 0, "a weight ≥ 0"))
     warmup: float = field(default=0.05, metadata=check(lambda v: 0 <= v < 1, "a fraction in [0, 1)"))
     final_lr: float = field(default=0.01, metadata=check(lambda v: 0 <= v <= 1, "a fraction of lr in [0, 1]"))
     seed: int = 0

@@ -29,7 +29,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor, mask_loss: str = "l1",
-               ssim_weight: float = SSIM_WEIGHT, composite_weight: float = 0.0,
+               ssim_weight: float = SSIM_WEIGHT, composite_weight: float = 0.0, mask_weight: float = 1.0,
                background: tuple[int, int, int] = (255, 255, 255)) -> torch.Tensor:
     """0.7·(mean|m̂ − m| + Σ|m·(ŷ − y)| / Σm) + 0.3·(1 − SSIM(ŷ, y)): the paper's loss, by default.
 
@@ -38,7 +38,9 @@ def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor, mask
     which on small foregrounds can stall the mask for good; BCE's gradient does not.
     `ssim_weight` replaces the 0.3 (0 skips SSIM, ≈ 45 % of a CPU step); `composite_weight` adds
     that times the mean squared error of the soft composite (nervi_hpc.model.compositing.composite) against
-    the whole image y: what PSNR measures, silhouettes included.
+    the whole image y: what PSNR measures, silhouettes included. `mask_weight` scales the mask
+    term: a DVR mask (every pixel any sample covers) is a box nearly invisible in the image, whose
+    edges the mask term makes the network draw at the expense of what PSNR sees.
 
     output (B, 4, H, W) = RGB ŷ + mask m̂; rgb (B, 3, H, W); mask (B, 1, H, W) in {0, 1}.
     The masked term sums over the three channels and divides by the number of masked pixels of
@@ -53,7 +55,7 @@ def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor, mask
     else:
         mask_l1 = (predicted_mask - mask).abs().mean()
     per_image = (mask * (predicted_rgb - rgb)).abs().flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
-    loss = L1_WEIGHT * (mask_l1 + per_image.mean())
+    loss = L1_WEIGHT * (mask_weight * mask_l1 + per_image.mean())
     if ssim_weight:
         loss = loss + ssim_weight * (1 - ssim(predicted_rgb, rgb))
     if composite_weight:
@@ -73,7 +75,7 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {"nervi": nervi_loss, "nerv": n
 
 def loss_for(arch: str, mask_loss: str = "l1", **weights) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss of a ModelConfig.arch, called as loss(output, rgb, mask); `weights` are
-    nervi_loss's ssim_weight, composite_weight and background."""
+    nervi_loss's ssim_weight, composite_weight, mask_weight and background."""
     return functools.partial(nervi_loss, mask_loss=mask_loss, **weights) if arch == "nervi" else LOSSES[arch]
 
 

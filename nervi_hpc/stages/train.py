@@ -176,7 +176,8 @@ def train(run_dir: str | Path, spec: DatasetSpec, *, max_minutes: float | None =
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device] if cuda else None)
     module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     loss_fn = loss_for(mcfg.arch, cfg.mask_loss, ssim_weight=cfg.ssim_weight,
-                       composite_weight=cfg.composite_weight, background=data.background)
+                       composite_weight=cfg.composite_weight, mask_weight=cfg.mask_weight,
+                       background=data.background)
     bf16 = uses_bf16(env.device, cfg.amp)
 
     def forward(inputs, images, masks):

@@ -38,6 +38,8 @@ def test_masked_l1_by_hand():
     assert similarity < 1
     mask_l1, rgb_l1 = 1.25 / 64, 0.3 / 2
     assert loss.item() == pytest.approx(0.7 * (mask_l1 + rgb_l1) + 0.3 * (1 - similarity), rel=1e-5)
+    scaled = nervi_loss(torch.cat([predicted_rgb, predicted_mask], 1), rgb, mask, mask_weight=0.1)
+    assert scaled.item() == pytest.approx(0.7 * (0.1 * mask_l1 + rgb_l1) + 0.3 * (1 - similarity), rel=1e-5)
 
 
 def test_empty_mask_gives_finite_loss_and_gradients():
