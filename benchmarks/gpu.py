@@ -5,7 +5,7 @@
 
 Figures, printed and written as JSON (`--json`):
 - train: img/s of the real training loop (nervi_hpc.train) after its first epoch, for the
-  default model at 256² (the grid preset sized for CR 300 on 800 views) and the paper's model at
+  default model at 256² (the balanced preset sized for CR 300 on 800 views) and the paper's model at
   1024² (~101 M parameters), compile off and on; bf16 autocast on GPUs that have it; the peak
   device memory of each run
 - decode: img/s of each trained model at batch 1 and the decoder's default batch

@@ -5,7 +5,8 @@
 - loops: the training loop as it was (`OLD_LOOP`: batches streamed from the store, the clock and
   loss read after every step, per-tensor Adam) against today's defaults and with torch.compile,
   trained side by side (one process each, `--threads` threads) for the same epochs on the
-  256² tornado IR scene (800 views) with the default model (the grid preset sized for CR 300):
+  256² tornado IR scene (800 views) with the default model (the balanced preset sized for
+  CR 300; `--model` for another):
   img/s over the time all of them ran at once past their first epoch (compiling happens in it;
   a compiled loop starts first), PSNR, minutes; then decode img/s of the trained archive at
   batch 1 and 64

@@ -156,11 +156,13 @@ PRESETS = {
     "paper": ModelConfig(),
     "nerv": ModelConfig(arch="nerv"),
     "grid": ModelConfig(grid_features=16, periodic=("phi",), composite="soft"),
+    # grid with capacity toward full resolution: channels fall by 1.5 a block, at least 8
+    "balanced": ModelConfig(grid_features=16, periodic=("phi",), composite="soft", channel_decay=1.5, min_channels=8),
     "hinervi": ModelConfig(c1=32, c2=64, pe_levels=6, norm="none", channel_decay=1.5, min_channels=12,
                            grid_features=8, periodic=("phi",), composite="soft", stem_layer="single",
                            block="bilinear", c1_share=0.5),
 }
-DEFAULT_PRESET = "grid"
+DEFAULT_PRESET = "balanced"
 PERIODS = {"phi": 360.0}  # the period of each parameter that `periodic` may name
 
 

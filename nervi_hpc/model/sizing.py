@@ -19,7 +19,8 @@ from .spec import ModelSpec
 
 def preset(name: str, height: int, width: int) -> ModelConfig:
     """A named configuration resolved for height × width: `paper` (exactly the paper), `nerv`
-    or `grid` (the default: feature grids, periodic φ, soft compositing)."""
+    `grid` (feature grids, periodic φ, soft compositing) or `balanced` (the default: grid with
+    channels toward full resolution)."""
     return model_config(ModelSpec.parse({"preset": name}), height, width)
 
 

@@ -1,5 +1,6 @@
 """NeRVI / NeRV network: size, upscale plan, shapes, config round trip, inference rule, training step."""
 
+import dataclasses
 import json
 import math
 
@@ -270,7 +271,18 @@ def test_forward_under_bf16_autocast():
 VIEWS = {"t": [0.0], "theta": [float(v) for v in range(0, 172, 9)], "phi": [float(v) for v in range(0, 352, 9)]}
 
 
-@pytest.mark.parametrize("name", ["paper", "grid"])
+def test_the_balanced_preset_keeps_channels_toward_full_resolution():
+    """balanced is grid with channels falling by 1.5 a block and at least 8 in every block."""
+    sized = {name: model_config(ModelSpec.parse({"preset": name, "target_cr": 300}), 128, 128, count=800, grids=VIEWS)
+             for name in ("grid", "balanced")}
+    grid, balanced = (sized[name].channels(len(sized[name].upscale)) for name in ("grid", "balanced"))
+    assert min(grid) == 4 and min(balanced) == 8
+    assert balanced[1] > grid[1] and balanced[2] > grid[2]  # channels fall slower (c2 is smaller)
+    assert dataclasses.replace(sized["balanced"], channel_decay=2.0, min_channels=4, c1=sized["grid"].c1,
+                               c2=sized["grid"].c2) == sized["grid"]
+
+
+@pytest.mark.parametrize("name", ["paper", "grid", "balanced"])
 def test_target_cr_sizes_the_model_for_the_collection(name):
     from nervi_hpc.model.network import count_parameters
 
@@ -285,7 +297,7 @@ def test_target_cr_sizes_the_model_for_the_collection(name):
         assert target <= cr < 1.6 * target, (target, cr, config.c2)
         assert config.c1 == max(8, round(config.c2 / 4)) and min(config.channels(5)) >= 4
     assert model_config(ModelSpec.parse({}), 256, 256, count=800, grids=VIEWS) == model_config(
-        ModelSpec.parse({"preset": "grid", "target_cr": 300}), 256, 256, count=800, grids=VIEWS)
+        ModelSpec.parse({"preset": "balanced", "target_cr": 300}), 256, 256, count=800, grids=VIEWS)
     fewer_bits = model_config(ModelSpec.parse({"preset": name, "target_cr": 300, "bits": 6}), 256, 256, count=800, grids=VIEWS)
     nine = model_config(ModelSpec.parse({"preset": name, "target_cr": 300}), 256, 256, count=800, grids=VIEWS)
     assert 1.3 < params(fewer_bits) / params(nine) < 1.6  # the same bytes hold more 6-bit weights
