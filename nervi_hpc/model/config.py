@@ -152,12 +152,13 @@ class ModelConfig:
             raise ModelError(str(e)) from None
 
 
+GRID = ModelConfig(grid_features=16, periodic=("phi",), composite="soft")
 PRESETS = {
     "paper": ModelConfig(),
     "nerv": ModelConfig(arch="nerv"),
-    "grid": ModelConfig(grid_features=16, periodic=("phi",), composite="soft"),
+    "grid": GRID,
     # grid with capacity toward full resolution: channels fall by 1.5 a block, at least 8
-    "balanced": ModelConfig(grid_features=16, periodic=("phi",), composite="soft", channel_decay=1.5, min_channels=8),
+    "balanced": dataclasses.replace(GRID, channel_decay=1.5, min_channels=8),
     "hinervi": ModelConfig(c1=32, c2=64, pe_levels=6, norm="none", channel_decay=1.5, min_channels=12,
                            grid_features=8, periodic=("phi",), composite="soft", stem_layer="single",
                            block="bilinear", c1_share=0.5),

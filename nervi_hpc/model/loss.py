@@ -39,8 +39,8 @@ def nervi_loss(output: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor, mask
     `ssim_weight` replaces the 0.3 (0 skips SSIM, ≈ 45 % of a CPU step); `composite_weight` adds
     that times the mean squared error of the soft composite (nervi_hpc.model.compositing.composite) against
     the whole image y: what PSNR measures, silhouettes included. `mask_weight` scales the mask
-    term: a DVR mask (every pixel any sample covers) is a box nearly invisible in the image, whose
-    edges the mask term makes the network draw at the expense of what PSNR sees.
+    term (a DVR mask is the volume's box, nearly invisible in the image; 0.1 there gained within
+    one run's spread and cost mask accuracy, docs/benchmarks.md).
 
     output (B, 4, H, W) = RGB ŷ + mask m̂; rgb (B, 3, H, W); mask (B, 1, H, W) in {0, 1}.
     The masked term sums over the three channels and divides by the number of masked pixels of
